@@ -1,0 +1,58 @@
+"""The API's app factory. The lifespan owns every resource and closes them in reverse."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import errors
+from api.dispatch import Dispatcher
+from api.registry import Registry
+from api.router import TokenRouter
+from api.routes import health, inference, models
+from api.state import AppState
+from shared.redis import connect
+from shared.settings import Settings
+from shared.version import VERSION
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = connect(settings)
+        pubsub_client = connect(settings, pubsub=True)
+        router = TokenRouter(pubsub_client)
+        await router.start()
+        registry = Registry(client)
+        app.state.herd = AppState(
+            settings=settings,
+            redis=client,
+            registry=registry,
+            dispatcher=Dispatcher(
+                client,
+                router,
+                registry,
+                max_queue=settings.max_queue,
+                check_interval_s=settings.heartbeat_interval_s,
+            ),
+        )
+        try:
+            yield
+        finally:
+            await router.stop()
+            await pubsub_client.aclose()
+            await client.aclose()
+
+    app = FastAPI(
+        title="Herd",
+        version=VERSION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    errors.install(app)
+    for module in (health, models, inference):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,256 @@
+{{/*
+Return the chart name (nameOverride wins), truncated to 63 characters.
+*/}}
+{{- define "herd.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Return the fully qualified app name, truncated to 63 characters (the DNS label limit).
+A release whose name already contains the chart name is not repeated.
+*/}}
+{{- define "herd.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return the name of one component's resources: <fullname>-<component>, within 63 characters.
+Usage: include "herd.componentName" (dict "ctx" $ "component" "api")
+*/}}
+{{- define "herd.componentName" -}}
+{{- printf "%s-%s" (include "herd.fullname" .ctx | trunc (int (sub 62 (len .component)))) .component | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Return chart name and version, as used by the helm.sh/chart label.
+*/}}
+{{- define "herd.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Return the selector labels of one component. Selectors are immutable: nothing user-defined here.
+Usage: include "herd.selectorLabels" (dict "ctx" $ "component" "api")
+*/}}
+{{- define "herd.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "herd.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
+Return the labels of one component's resources: selector labels plus chart metadata.
+Usage: include "herd.labels" (dict "ctx" $ "component" "api")
+*/}}
+{{- define "herd.labels" -}}
+helm.sh/chart: {{ include "herd.chart" .ctx }}
+{{ include "herd.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: herd
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return the name of the ServiceAccount the pods run as.
+*/}}
+{{- define "herd.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "herd.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return an image reference. Usage: include "herd.image" (dict "image" .Values.api.image "tag" $defaultTag)
+*/}}
+{{- define "herd.image" -}}
+{{- printf "%s:%s" .image.repository (default .tag .image.tag) }}
+{{- end }}
+
+{{/*
+Return the worker image's default tag: the appVersion, with a -cpu suffix for the CPU-only build.
+*/}}
+{{- define "herd.worker.defaultTag" -}}
+{{- if .Values.worker.gpu.enabled }}
+{{- .Chart.AppVersion }}
+{{- else }}
+{{- printf "%s-cpu" .Chart.AppVersion }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return the name of the Redis Service (bundled Redis).
+*/}}
+{{- define "herd.redis.fullname" -}}
+{{- include "herd.componentName" (dict "ctx" . "component" "redis") }}
+{{- end }}
+
+{{/*
+Return the Redis URL the API and the workers connect to (HERD_REDIS_URL). Never holds a password.
+*/}}
+{{- define "herd.redis.url" -}}
+{{- if .Values.redis.enabled }}
+{{- printf "redis://%s:%d/0" (include "herd.redis.fullname" .) (int .Values.redis.port) }}
+{{- else }}
+{{- .Values.externalRedis.url }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return the name of the Secret holding the Redis password, or "" when Redis has no password.
+*/}}
+{{- define "herd.redis.secretName" -}}
+{{- if .Values.redis.enabled }}
+{{- default (include "herd.redis.fullname" .) .Values.redis.auth.existingSecret }}
+{{- else }}
+{{- .Values.externalRedis.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return the key of the Redis password in its Secret.
+*/}}
+{{- define "herd.redis.secretKey" -}}
+{{- if .Values.redis.enabled }}
+{{- .Values.redis.auth.existingSecretPasswordKey }}
+{{- else }}
+{{- .Values.externalRedis.existingSecretPasswordKey }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return the env entries every Herd process gets: Redis (the password only by reference) and the
+shared settings.
+*/}}
+{{- define "herd.commonEnv" -}}
+- name: HERD_REDIS_URL
+  value: {{ include "herd.redis.url" . | quote }}
+{{- if include "herd.redis.secretName" . }}
+- name: HERD_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "herd.redis.secretName" . }}
+      key: {{ include "herd.redis.secretKey" . }}
+{{- end }}
+- name: HERD_LOG_FORMAT
+  value: {{ .Values.config.logFormat | quote }}
+- name: HERD_LOG_LEVEL
+  value: {{ .Values.config.logLevel | quote }}
+- name: HERD_KEEP_ALIVE
+  value: {{ .Values.config.keepAlive | quote }}
+- name: HERD_HEARTBEAT_INTERVAL_S
+  value: {{ .Values.config.heartbeatIntervalSeconds | quote }}
+- name: HERD_HEARTBEAT_TTL_S
+  value: {{ .Values.config.heartbeatTtlSeconds | quote }}
+{{- end }}
+
+{{/*
+Return the Redis stream of a model's jobs and the workers' consumer group. They must match
+shared/keys.py; tests/helm checks the KEDA triggers against them.
+*/}}
+{{- define "herd.jobStream" -}}
+{{- printf "herd:jobs:%s" . }}
+{{- end }}
+{{- define "herd.consumerGroup" -}}
+herd-workers
+{{- end }}
+
+{{/*
+Return "true" when the API is reachable from outside the cluster.
+*/}}
+{{- define "herd.api.exposed" -}}
+{{- if or .Values.api.ingress.enabled (has .Values.api.service.type (list "LoadBalancer" "NodePort")) }}true{{- end }}
+{{- end }}
+
+{{/*
+Compile all warnings and errors about the values into one message and fail once.
+*/}}
+{{- define "herd.validateValues" -}}
+{{- $messages := list -}}
+{{- $messages = append $messages (include "herd.validateValues.redis" .) -}}
+{{- $messages = append $messages (include "herd.validateValues.models" .) -}}
+{{- $messages = append $messages (include "herd.validateValues.keda" .) -}}
+{{- $messages = append $messages (include "herd.validateValues.autoscaling" .) -}}
+{{- $messages = append $messages (include "herd.validateValues.pdb" (dict "name" "api.pdb" "pdb" .Values.api.pdb)) -}}
+{{- $messages = append $messages (include "herd.validateValues.pdb" (dict "name" "worker.pdb" "pdb" .Values.worker.pdb)) -}}
+{{- $messages = append $messages (include "herd.validateValues.heartbeat" .) -}}
+{{- $messages = without $messages "" -}}
+{{- $message := join "\n" $messages -}}
+{{- if $message -}}
+{{- printf "\nVALUES VALIDATION:\n%s" $message | fail -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "herd.validateValues.redis" -}}
+{{- if not .Values.redis.enabled -}}
+{{- if not .Values.externalRedis.url -}}
+redis: set externalRedis.url (redis://host:port/db or rediss://…) when redis.enabled is false
+{{- else if not (regexMatch "^rediss?://" .Values.externalRedis.url) -}}
+redis: externalRedis.url must start with redis:// or rediss://
+{{- else if regexMatch "^rediss?://[^/]*@" .Values.externalRedis.url -}}
+redis: keep credentials out of externalRedis.url; put the password in externalRedis.existingSecret
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "herd.validateValues.models" -}}
+{{- if and (eq .Values.models.storage.type "existingClaim") (not .Values.models.storage.existingClaim) -}}
+models: set models.storage.existingClaim when models.storage.type is existingClaim
+{{- end -}}
+{{- end -}}
+
+{{- define "herd.validateValues.keda" -}}
+{{- if and .Values.worker.keda.enabled (not .Values.worker.keda.models) -}}
+worker.keda: list at least one model in worker.keda.models
+{{- else if and .Values.worker.keda.enabled (gt (int .Values.worker.keda.minReplicaCount) (int .Values.worker.keda.maxReplicaCount)) -}}
+worker.keda: minReplicaCount must not exceed maxReplicaCount
+{{- end -}}
+{{- end -}}
+
+{{- define "herd.validateValues.autoscaling" -}}
+{{- if and .Values.api.autoscaling.enabled (gt (int .Values.api.autoscaling.minReplicas) (int .Values.api.autoscaling.maxReplicas)) -}}
+api.autoscaling: minReplicas must not exceed maxReplicas
+{{- end -}}
+{{- end -}}
+
+{{- define "herd.validateValues.pdb" -}}
+{{- if .pdb.enabled -}}
+{{- $min := toString .pdb.minAvailable -}}
+{{- $max := toString .pdb.maxUnavailable -}}
+{{- if and (ne $min "") (ne $max "") -}}
+{{ .name }}: set either minAvailable or maxUnavailable, not both
+{{- else if and (eq $min "") (eq $max "") -}}
+{{ .name }}: set minAvailable or maxUnavailable
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "herd.validateValues.heartbeat" -}}
+{{- if le (float64 .Values.config.heartbeatTtlSeconds) (float64 .Values.config.heartbeatIntervalSeconds) -}}
+config: heartbeatTtlSeconds must be longer than heartbeatIntervalSeconds, or adverts expire between beats
+{{- end -}}
+{{- end -}}
+
+{{/*
+Return a PodDisruptionBudget's budget: minAvailable or maxUnavailable, whichever is set.
+*/}}
+{{- define "herd.pdbBudget" -}}
+{{- if ne (toString .minAvailable) "" }}
+minAvailable: {{ .minAvailable }}
+{{- else }}
+maxUnavailable: {{ .maxUnavailable }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,97 @@
+"""Herd's errors, their HTTP status table, and the message texts Ollama clients expect.
+
+::
+
+    HerdError                      error_type → status (STATUS)
+    ├── InvalidRequest             400
+    ├── ModelNotFound              404
+    ├── Unavailable                503  (no worker, queue full, worker lost)
+    ├── QueueTimeout               503
+    ├── Cancelled                  499
+    └── EngineFailure              500
+
+A worker turns a raised ``HerdError`` into an ``ErrorEvent``; the API turns the event back
+into the same class, and one handler renders Ollama's ``{"error": message}``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorType(StrEnum):
+    INVALID_REQUEST = "invalid_request"
+    MODEL_NOT_FOUND = "model_not_found"
+    UNAVAILABLE = "unavailable"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    INTERNAL = "internal"
+
+
+STATUS: dict[ErrorType, int] = {
+    ErrorType.INVALID_REQUEST: 400,
+    ErrorType.MODEL_NOT_FOUND: 404,
+    ErrorType.UNAVAILABLE: 503,
+    ErrorType.TIMEOUT: 503,
+    ErrorType.CANCELLED: 499,
+    ErrorType.INTERNAL: 500,
+}
+
+
+class HerdError(Exception):
+    error_type = ErrorType.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def status(self) -> int:
+        return STATUS[self.error_type]
+
+
+class InvalidRequest(HerdError):
+    error_type = ErrorType.INVALID_REQUEST
+
+
+class ModelNotFound(HerdError):
+    error_type = ErrorType.MODEL_NOT_FOUND
+
+    @classmethod
+    def named(cls, name: str) -> ModelNotFound:
+        return cls(f"model '{name}' not found")
+
+
+class Unavailable(HerdError):
+    error_type = ErrorType.UNAVAILABLE
+
+
+class QueueTimeout(HerdError):
+    error_type = ErrorType.TIMEOUT
+
+
+class Cancelled(HerdError):
+    error_type = ErrorType.CANCELLED
+
+
+class EngineFailure(HerdError):
+    error_type = ErrorType.INTERNAL
+
+
+_BY_TYPE: dict[ErrorType, type[HerdError]] = {
+    cls.error_type: cls
+    for cls in (InvalidRequest, ModelNotFound, Unavailable, QueueTimeout, Cancelled, EngineFailure)
+}
+
+
+def from_type(error_type: ErrorType, message: str) -> HerdError:
+    """Rebuild the error a worker reported."""
+    return _BY_TYPE[error_type](message)
+
+
+#: Ollama's texts, kept verbatim (clients and scripts match on them).
+QUEUE_FULL = "server busy, please try again.  maximum pending requests exceeded"
+WORKER_LOST = (
+    "model runner has unexpectedly stopped, this may be due to resource limitations "
+    "or an internal error, check ollama server logs for details"
+)

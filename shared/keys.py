@@ -1,0 +1,41 @@
+"""The Redis key-space: every key, stream, group and channel name, and every TTL.
+
+No other module spells a key. Model names are normalised (``shared.names``) before they
+reach a builder, so ``gemma3`` and ``gemma3:latest`` share one stream.
+"""
+
+from __future__ import annotations
+
+PREFIX = "herd"
+
+#: Consumer group of the workers on every model stream.
+JOB_GROUP = "herd-workers"
+#: Sorted set of live workers, scored by the unix time (s) their advert expires.
+WORKERS_INDEX = f"{PREFIX}:workers"
+
+#: A cancel marker outlives any job that could still be queued for it.
+CANCEL_TTL_S = 3600
+#: Streams are trimmed approximately to this many entries (acknowledged work is history).
+STREAM_MAXLEN = 10_000
+#: A worker's XREADGROUP blocks at most this long, well below any socket timeout.
+BLOCK_MS = 1000
+
+
+def job_stream(model: str) -> str:
+    """The stream that carries the jobs of one model."""
+    return f"{PREFIX}:jobs:{model}"
+
+
+def token_channel(request_id: str) -> str:
+    """The pub/sub channel on which a request's chunk events arrive."""
+    return f"{PREFIX}:tok:{request_id}"
+
+
+def cancel_key(request_id: str) -> str:
+    """Set when the client went away: a queued job with this marker is never run."""
+    return f"{PREFIX}:cancel:{request_id}"
+
+
+def worker_key(worker_id: str) -> str:
+    """A worker's advert (JSON), expiring on its own when the heartbeat stops."""
+    return f"{PREFIX}:worker:{worker_id}"

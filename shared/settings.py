@@ -1,0 +1,67 @@
+"""One settings object per process, read from ``HERD_*`` environment variables.
+
+Build it once in the entry point (``Settings()``) and pass it down; nothing reads the
+environment anywhere else.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.hostaddr import HostAddress, parse_host
+
+
+class Settings(BaseSettings):
+    """Every knob of an API or worker process. Field ``x`` is set by ``HERD_X``."""
+
+    model_config = SettingsConfigDict(env_prefix="HERD_", extra="ignore", frozen=True)
+
+    redis_url: str | None = Field(
+        None, description="Redis URL (redis:// or rediss://). Unset: `herd serve` embeds one."
+    )
+    redis_password: str | None = Field(
+        None, description="Password for Redis when the URL has none (keep it out of the URL)."
+    )
+    host: Annotated[HostAddress, NoDecode] = Field(
+        default_factory=lambda: parse_host(""),
+        description="API bind address, OLLAMA_HOST's format ([scheme://]host[:port]).",
+    )
+    engine: Literal["llama", "fake"] = Field("llama", description="Inference engine.")
+    models_dir: Path | None = Field(None, description="Every *.gguf here is served too.")
+    serve_default_model: bool = Field(True, description="Serve gemma3:270m from its package.")
+    worker_id: str = Field(
+        default_factory=socket.gethostname, description="Unique id of a worker in the cluster."
+    )
+    worker_health_addr: Annotated[HostAddress, NoDecode] = Field(
+        default_factory=lambda: parse_host("127.0.0.1:11435"),
+        description="Where a worker answers /healthz and /readyz.",
+    )
+    num_parallel: int = Field(1, ge=1, le=256, description="Jobs one worker runs at once.")
+    max_queue: int = Field(512, ge=1, description="Jobs waiting per model before 503.")
+    keep_alive: str = Field("5m", description="Default keep_alive of a loaded model.")
+    num_ctx: int = Field(4096, ge=256, description="Context length a model is loaded with.")
+    n_gpu_layers: int = Field(-1, description="Layers offloaded to the GPU (-1: all).")
+    log_format: Literal["auto", "json", "console"] = Field("auto")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="How often a worker advertises.")
+    heartbeat_ttl_s: float = Field(6.0, gt=0, description="An advert expires after this.")
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="Drain time on SIGTERM: in-flight jobs get this long to finish."
+    )
+    queue_timeout_s: float = Field(
+        300.0, gt=0, description="A job not started within this is dropped; the client gets 503."
+    )
+    fake_token_delay_s: float = Field(0.01, ge=0, description="FakeEngine: pause per token.")
+    fake_models: list[str] = Field(
+        default_factory=lambda: ["gemma3:270m"], description="FakeEngine: models it serves."
+    )
+
+    @field_validator("host", "worker_health_addr", mode="before")
+    @classmethod
+    def _parse_host(cls, value: object) -> object:
+        return parse_host(value) if isinstance(value, str) else value

@@ -1,0 +1,249 @@
+"""The worker's job loop.
+
+Delivery semantics:
+
+- A job is claimed with ``XREADGROUP`` (group ``keys.JOB_GROUP``, consumer = worker id)
+  only while a slot is free, and removed (``XACK`` + ``XDEL``) after its final event —
+  done or error — is published; the stream holds only outstanding work.
+- Before running, the worker publishes ``started``; PUBLISH answering 0 (no listener) or a
+  cancel marker means the client is gone, and the job is dropped unrun. While running, a
+  token that reaches no listener stops the generation.
+- A worker whose advert expired is dead; live workers ``XCLAIM`` its pending entries
+  (never merely idle ones: a healthy generation can run for minutes) and run them again as
+  a new attempt. The API drops a retried job whose text the client already saw.
+- On SIGTERM the worker stops claiming at once, gives in-flight jobs
+  ``shutdown_grace_s`` to finish, fails the rest with an error event, and withdraws its
+  advert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from shared import keys
+from shared.errors import ErrorType, HerdError
+from shared.messages import GenerateJob
+from shared.settings import Settings
+from worker.devices import Devices
+from worker.engine import Engine, Finish
+from worker.heartbeat import Advertiser
+from worker.publisher import Publisher
+
+log = structlog.get_logger()
+
+#: An entry of a dead worker is reclaimed once it is this idle (two janitors can't both win).
+RECLAIM_MIN_IDLE_MS = 1000
+
+
+class Worker:
+    def __init__(
+        self, settings: Settings, client: Redis, engine: Engine, devices: Devices | None = None
+    ) -> None:
+        self.settings = settings
+        self.id = settings.worker_id
+        self._client = client
+        self.engine = engine
+        self.devices = devices if devices is not None else Devices()
+        self.advertiser = Advertiser(client, self.id, engine.name, settings.heartbeat_ttl_s)
+        self._slots = asyncio.Semaphore(settings.num_parallel)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self.ready = False
+
+    @property
+    def streams(self) -> list[str]:
+        return [keys.job_stream(m.name) for m in self.engine.models()]
+
+    def stop(self) -> None:
+        """Stop claiming now; ``run`` then drains and returns."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        await self.engine.start()
+        for stream in self.streams:
+            with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
+                await self._client.xgroup_create(stream, keys.JOB_GROUP, id="0", mkstream=True)
+        await self._beat()
+        self.ready = True
+        log.info("worker_ready", worker_id=self.id, models=[m.name for m in self.engine.models()])
+        background = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._janitor_loop(), name="janitor"),
+        ]
+        claim = asyncio.create_task(self._claim_loop(), name="claim")
+        await self._stopping.wait()
+        claim.cancel()  # a job claimed mid-read stays pending for another worker to take
+        with contextlib.suppress(asyncio.CancelledError):
+            await claim
+        await self._drain()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        self.ready = False
+        with contextlib.suppress(RedisError, OSError):
+            await self.advertiser.withdraw()
+        await self.engine.close()
+        self.devices.close()
+        log.info("worker_stopped", worker_id=self.id)
+
+    async def _drain(self) -> None:
+        if self._tasks:
+            log.info(
+                "worker_draining", jobs=len(self._tasks), grace_s=self.settings.shutdown_grace_s
+            )
+            _, pending = await asyncio.wait(self._tasks, timeout=self.settings.shutdown_grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _claim_loop(self) -> None:
+        streams: dict[Any, Any] = dict.fromkeys(self.streams, ">")
+        while True:
+            await self._slots.acquire()
+            try:
+                reply = await self._client.xreadgroup(
+                    keys.JOB_GROUP,
+                    self.id,
+                    streams,
+                    count=1,
+                    block=keys.BLOCK_MS,
+                )
+            except (RedisError, OSError) as exc:
+                self._slots.release()
+                log.warning("claim_failed", error=str(exc))
+                await asyncio.sleep(1)
+                continue
+            except asyncio.CancelledError:
+                self._slots.release()
+                raise
+            entries = [(s, e, f) for s, batch in reply or [] for e, f in batch]
+            if not entries:
+                self._slots.release()
+                continue
+            for index, (stream, entry_id, fields) in enumerate(entries):
+                if index:  # one read can return an entry per stream: take a slot for each
+                    await self._slots.acquire()
+                self._spawn(stream.decode(), entry_id.decode(), fields, attempt=1)
+
+    def _spawn(self, stream: str, entry_id: str, fields: dict[bytes, bytes], attempt: int) -> None:
+        task = asyncio.create_task(self._handle(stream, entry_id, fields, attempt))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(
+        self, stream: str, entry_id: str, fields: dict[bytes, bytes], attempt: int
+    ) -> None:
+        try:
+            try:
+                job = GenerateJob.from_fields(fields)
+            except ValidationError:
+                log.error("job_invalid", stream=stream, entry_id=entry_id)
+                return
+            with structlog.contextvars.bound_contextvars(
+                request_id=job.request_id, model=job.model, worker_id=self.id
+            ):
+                await self._run(job, attempt)
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await self._client.xack(stream, keys.JOB_GROUP, entry_id)
+                await self._client.xdel(stream, entry_id)
+            self._slots.release()
+
+    async def _run(self, job: GenerateJob, attempt: int) -> None:
+        publisher = Publisher(self._client, job.request_id, attempt)
+        started = time.perf_counter()
+        outcome = "dropped"
+        try:
+            if time.time() * 1000 > job.deadline_ms or await self._client.exists(
+                keys.cancel_key(job.request_id)
+            ):
+                return
+            if not await publisher.started(self.id):
+                return
+            outcome = "cancelled"
+            outputs = self.engine.generate(job)
+            try:
+                async for output in outputs:
+                    if isinstance(output, Finish):
+                        await publisher.done(output)
+                        outcome = output.done_reason
+                    elif output.text and not await publisher.token(output.text):
+                        break  # nobody listens any more: the client went away
+            finally:
+                await outputs.aclose()  # type: ignore[attr-defined]
+        except HerdError as exc:
+            outcome = exc.error_type.value
+            await publisher.error(exc.error_type, exc.message)
+        except asyncio.CancelledError:
+            outcome = "interrupted"
+            with contextlib.suppress(RedisError, OSError):
+                await asyncio.shield(
+                    publisher.error(ErrorType.UNAVAILABLE, "worker shut down before finishing")
+                )
+            raise
+        except Exception as exc:
+            log.exception("job_failed")
+            outcome = "internal"
+            await publisher.error(ErrorType.INTERNAL, f"internal error: {exc}")
+        finally:
+            log.info(
+                "job_finished",
+                attempt=attempt,
+                outcome=outcome,
+                seconds=round(time.perf_counter() - started, 3),
+            )
+
+    async def _beat(self) -> None:
+        advert = self.advertiser.advert(
+            devices=await asyncio.to_thread(self.devices.snapshot),
+            models=self.engine.models(),
+            total=self.settings.num_parallel,
+            free=max(0, self.settings.num_parallel - len(self._tasks)),
+        )
+        await self.advertiser.beat(advert)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            try:
+                await self._beat()
+            except (RedisError, OSError) as exc:
+                log.warning("heartbeat_failed", error=str(exc))
+
+    async def _janitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            try:
+                await self._reclaim()
+            except (RedisError, OSError) as exc:
+                log.warning("reclaim_failed", error=str(exc))
+
+    async def _reclaim(self) -> None:
+        """Take over the pending jobs of workers whose advert expired."""
+        for stream in self.streams:
+            pending = await self._client.xpending_range(stream, keys.JOB_GROUP, "-", "+", 100)
+            for entry in pending:
+                owner = entry["consumer"].decode()
+                if owner == self.id or await self._client.exists(keys.worker_key(owner)):
+                    continue
+                if self._slots.locked():
+                    return
+                claimed = await self._client.xclaim(
+                    stream, keys.JOB_GROUP, self.id, RECLAIM_MIN_IDLE_MS, [entry["message_id"]]
+                )
+                for entry_id, fields in claimed:
+                    if not fields:  # deleted meanwhile
+                        continue
+                    await self._slots.acquire()
+                    log.warning("job_reclaimed", from_worker=owner, entry_id=entry_id.decode())
+                    self._spawn(
+                        stream, entry_id.decode(), fields, int(entry["times_delivered"]) + 1
+                    )

@@ -1,0 +1,59 @@
+"""``herd worker``: probe devices, load models, advertise, and run jobs until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import structlog
+
+from shared.redis import connect
+from shared.settings import Settings
+from worker.consumer import Worker
+from worker.engine import Engine
+from worker.health import create_health_app, health_server
+
+log = structlog.get_logger()
+
+
+def build_engine(settings: Settings) -> Engine:
+    if settings.engine == "fake":
+        from worker.fake_engine import FakeEngine
+
+        return FakeEngine(settings.fake_models, settings.fake_token_delay_s)
+    from worker.catalog import discover
+    from worker.llama_engine import LlamaEngine
+
+    return LlamaEngine(
+        discover(settings), n_ctx=settings.num_ctx, n_gpu_layers=settings.n_gpu_layers
+    )
+
+
+async def serve_worker(settings: Settings) -> None:
+    client = connect(settings)
+    worker = Worker(settings, client, build_engine(settings))
+
+    def readiness() -> tuple[bool, str]:
+        if not worker.ready:
+            return False, "models loading"
+        if not worker.advertiser.is_live():
+            return False, "heartbeat not reaching redis"
+        return True, ""
+
+    probes = health_server(create_health_app(readiness), settings.worker_health_addr)
+    probe_task = asyncio.create_task(probes.serve(), name="probes")
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    try:
+        await worker.run()
+    finally:
+        probes.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await probe_task
+        await client.aclose()
+
+
+def main(settings: Settings) -> None:
+    asyncio.run(serve_worker(settings))
