@@ -42,14 +42,21 @@ class Registry:
         self._cached, self._cached_at = adverts, now
         return adverts
 
-    async def models(self) -> dict[str, ModelAdvert]:
+    async def models(self, *, fresh: bool = False) -> dict[str, ModelAdvert]:
         """Every model a ready worker serves, by normalised name."""
         found: dict[str, ModelAdvert] = {}
-        for worker in await self.workers():
+        for worker in await self.workers(fresh=fresh):
             if worker.ready:
                 for model in worker.models:
                     found.setdefault(model.name, model)
         return found
+
+    async def find(self, name: str) -> ModelAdvert | None:
+        """A served model; a miss is checked against fresh adverts (a worker just came up)."""
+        model = (await self.models()).get(name)
+        if model is None:
+            model = (await self.models(fresh=True)).get(name)
+        return model
 
     async def is_alive(self, worker_id: str) -> bool:
         return bool(await self._client.exists(keys.worker_key(worker_id)))

@@ -38,8 +38,8 @@ class TokenRouter:
         self._control = keys.token_channel(f"router-{uuid.uuid4().hex}")
 
     async def start(self) -> None:
+        """Start routing; Redis need not be up yet (the API starts and reports unready)."""
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(self._control)
         self._reader = asyncio.create_task(self._read(), name="token-router")
 
     async def stop(self) -> None:
@@ -71,6 +71,8 @@ class TokenRouter:
         assert self._pubsub is not None
         while True:
             try:
+                if not self._pubsub.subscribed:
+                    await self._pubsub.subscribe(self._control)
                 message = await self._pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=1.0
                 )

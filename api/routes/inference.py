@@ -17,7 +17,7 @@ router = APIRouter()
 
 async def _resolve(state: AppState, model: str) -> str:
     name = names.normalize(model)
-    if name not in await state.registry.models():
+    if await state.registry.find(name) is None:
         raise ModelNotFound.named(model)
     return name
 

@@ -33,6 +33,8 @@ def _tag(model: ModelAdvert) -> dict[str, Any]:
 @router.api_route("/api/tags", methods=["GET", "HEAD"])
 async def tags(state: StateDep) -> dict[str, list[dict[str, Any]]]:
     models = sorted(
-        (await state.registry.models()).values(), key=lambda m: m.modified_at, reverse=True
+        (await state.registry.models(fresh=True)).values(),
+        key=lambda m: m.modified_at,
+        reverse=True,
     )
     return {"models": [_tag(m) for m in models]}

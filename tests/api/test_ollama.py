@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import pytest
+
+from api import ollama
+from shared.errors import InvalidRequest
+from shared.messages import DoneEvent
+
+
+def test_timestamp_is_rfc3339_utc_with_trimmed_fraction() -> None:
+    assert ollama.timestamp(datetime(2025, 5, 1, 8, 6, 48, 639710, UTC)) == (
+        "2025-05-01T08:06:48.63971Z"
+    )
+    assert ollama.timestamp(datetime(2025, 5, 1, 8, 6, 48, 0, UTC)) == "2025-05-01T08:06:48Z"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", ollama.timestamp())
+
+
+def test_metrics_leave_out_zero_values() -> None:
+    done = DoneEvent(
+        request_id="r",
+        seq=3,
+        done_reason="stop",
+        n_prompt_tokens=7,
+        n_decoded=0,
+        prompt_eval_ns=10,
+        eval_ns=0,
+    )
+    assert ollama.metrics(done, total_ns=100, load_ns=0) == {
+        "total_duration": 100,
+        "prompt_eval_count": 7,
+        "prompt_eval_duration": 10,
+    }
+
+
+def test_sampling_options_pass_known_keys_and_ignore_unknown() -> None:
+    options = ollama.sampling_options(
+        {"temperature": 0, "top_k": 5.0, "stop": ["\n"], "num_predict": 3, "numa": True}
+    )
+    assert options.temperature == 0.0
+    assert options.top_k == 5
+    assert options.stop == ["\n"]
+    assert options.num_predict == 3
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"temperature": "hot"}, 'option "temperature" must be of type float32'),
+        ({"top_k": True}, 'option "top_k" must be of type int'),
+        ({"stop": "x"}, 'option "stop" must be of type []string'),
+    ],
+)
+def test_sampling_options_reject_wrong_types(options: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        ollama.sampling_options(options)
+    assert info.value.message == message
+
+
+def test_chat_and_generate_chunks_have_ollamas_shape() -> None:
+    chat = ollama.chat_chunk("m", "hi")
+    assert chat["message"] == {"role": "assistant", "content": "hi"}
+    assert chat["done"] is False
+    generate = ollama.generate_chunk("m", "hi")
+    assert generate["response"] == "hi" and "message" not in generate
+
+
+def test_control_response_for_load_and_unload() -> None:
+    assert ollama.control_response("m", chat=True, reason="load")["message"]["content"] == ""
+    body = ollama.control_response("m", chat=False, reason="unload")
+    assert body["done"] is True and body["done_reason"] == "unload" and body["response"] == ""
+
+
+def test_stream_defaults_to_true_when_absent() -> None:
+    assert ollama.ChatRequest(model="m").streaming is True
+    assert ollama.ChatRequest(model="m", stream=False).streaming is False

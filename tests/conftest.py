@@ -1,0 +1,168 @@
+"""Test harness: a real redis-server for the session, and factories for API servers and
+workers (in-process with FakeEngine, or as real ``herd`` processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from redis.asyncio import Redis
+
+from api.app import create_app
+from shared.embedded import EmbeddedRedis, free_port
+from shared.settings import Settings
+from worker.consumer import Worker
+from worker.fake_engine import FakeEngine
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with EmbeddedRedis() as server:
+        yield server.url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(redis_url: str) -> SettingsFactory:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "redis_url": redis_url,
+            "engine": "fake",
+            "host": f"127.0.0.1:{free_port()}",
+            "worker_health_addr": f"127.0.0.1:{free_port()}",
+            "heartbeat_interval_s": 0.2,
+            "heartbeat_ttl_s": 1.0,
+            "shutdown_grace_s": 2.0,
+            "fake_token_delay_s": 0.005,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+ApiFactory = Callable[..., Awaitable[httpx.AsyncClient]]
+
+
+@pytest.fixture
+async def api(make_settings: SettingsFactory) -> AsyncIterator[ApiFactory]:
+    """``client = await api(**settings)``: a real uvicorn server in this event loop."""
+    servers: list[tuple[_Server, asyncio.Task[None], httpx.AsyncClient]] = []
+
+    async def start(**overrides: Any) -> httpx.AsyncClient:
+        settings = make_settings(**overrides)
+        config = uvicorn.Config(
+            create_app(settings),
+            host=settings.host.host,
+            port=settings.host.port,
+            log_config=None,
+            access_log=False,
+        )
+        server = _Server(config)
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        client = httpx.AsyncClient(base_url=settings.host.url, timeout=30)
+        servers.append((server, task, client))
+        return client
+
+    yield start
+    for server, task, client in servers:
+        await client.aclose()
+        server.should_exit = True
+        await task
+
+
+WorkerFactory = Callable[..., Awaitable[Worker]]
+
+
+@pytest.fixture
+async def worker(make_settings: SettingsFactory, redis_url: str) -> AsyncIterator[WorkerFactory]:
+    """``w = await worker(**settings)``: an in-process Worker with FakeEngine, ready."""
+    running: list[tuple[Worker, asyncio.Task[None], Redis]] = []
+
+    async def start(**overrides: Any) -> Worker:
+        settings = make_settings(**overrides)
+        client = Redis.from_url(redis_url)
+        engine = FakeEngine(settings.fake_models, settings.fake_token_delay_s)
+        instance = Worker(settings, client, engine)
+        task = asyncio.create_task(instance.run())
+        while not instance.ready:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        running.append((instance, task, client))
+        return instance
+
+    yield start
+    for instance, task, client in running:
+        instance.stop()
+        await task
+        await client.aclose()
+
+
+ProcessFactory = Callable[..., subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def herd_process() -> Iterator[ProcessFactory]:
+    """``p = herd_process("worker", HERD_...=...)``: a real ``herd`` child process."""
+    children: list[subprocess.Popen[bytes]] = []
+
+    def start(command: str, **env: str) -> subprocess.Popen[bytes]:
+        full_env = {**os.environ, "HERD_LOG_FORMAT": "json", **env}
+        child = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", command],
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        if child.stderr is not None:
+            child.stderr.close()
+
+
+def wait_for_http(url: str, timeout_s: float = 60.0, status: int = 200) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == status:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer {status} within {timeout_s} s")
