@@ -8,9 +8,10 @@ Delivery semantics:
 - Before running, the worker publishes ``started``; PUBLISH answering 0 (no listener) or a
   cancel marker means the client is gone, and the job is dropped unrun. While running, a
   token that reaches no listener stops the generation.
-- A worker whose advert expired is dead; live workers ``XCLAIM`` its pending entries
-  (never merely idle ones: a healthy generation can run for minutes) and run them again as
-  a new attempt. The API drops a retried job whose text the client already saw.
+- A worker whose advert expired is dead; live workers ``XCLAIM`` its pending entries when
+  they have a free slot (never merely idle ones: a healthy generation can run for minutes)
+  and run them again as a new attempt. The API fails, rather than repeats, a job whose
+  text the client already saw.
 - On SIGTERM the worker stops claiming at once, gives in-flight jobs
   ``shutdown_grace_s`` to finish, fails the rest with an error event, and withdraws its
   advert.
@@ -59,6 +60,10 @@ class Worker:
         self.ready = False
 
     @property
+    def active_jobs(self) -> int:
+        return len(self._tasks)
+
+    @property
     def streams(self) -> list[str]:
         return [keys.job_stream(m.name) for m in self.engine.models()]
 
@@ -76,7 +81,6 @@ class Worker:
         log.info("worker_ready", worker_id=self.id, models=[m.name for m in self.engine.models()])
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-            asyncio.create_task(self._janitor_loop(), name="janitor"),
         ]
         claim = asyncio.create_task(self._claim_loop(), name="claim")
         await self._stopping.wait()
@@ -106,9 +110,17 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         streams: dict[Any, Any] = dict.fromkeys(self.streams, ">")
+        next_reclaim = 0.0
         while True:
             await self._slots.acquire()
             try:
+                # jobs of dead workers first, checked once per heartbeat interval
+                if time.monotonic() >= next_reclaim:
+                    next_reclaim = time.monotonic() + self.settings.heartbeat_interval_s
+                    orphan = await self._reclaim_one()
+                    if orphan is not None:
+                        self._spawn(*orphan)
+                        continue
                 reply = await self._client.xreadgroup(
                     keys.JOB_GROUP,
                     self.id,
@@ -218,32 +230,20 @@ class Worker:
             except (RedisError, OSError) as exc:
                 log.warning("heartbeat_failed", error=str(exc))
 
-    async def _janitor_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.heartbeat_interval_s)
-            try:
-                await self._reclaim()
-            except (RedisError, OSError) as exc:
-                log.warning("reclaim_failed", error=str(exc))
-
-    async def _reclaim(self) -> None:
-        """Take over the pending jobs of workers whose advert expired."""
+    async def _reclaim_one(self) -> tuple[str, str, dict[bytes, bytes], int] | None:
+        """Take over one pending job of a worker whose advert expired, if there is one."""
         for stream in self.streams:
             pending = await self._client.xpending_range(stream, keys.JOB_GROUP, "-", "+", 100)
             for entry in pending:
                 owner = entry["consumer"].decode()
                 if owner == self.id or await self._client.exists(keys.worker_key(owner)):
                     continue
-                if self._slots.locked():
-                    return
                 claimed = await self._client.xclaim(
                     stream, keys.JOB_GROUP, self.id, RECLAIM_MIN_IDLE_MS, [entry["message_id"]]
                 )
                 for entry_id, fields in claimed:
-                    if not fields:  # deleted meanwhile
-                        continue
-                    await self._slots.acquire()
-                    log.warning("job_reclaimed", from_worker=owner, entry_id=entry_id.decode())
-                    self._spawn(
-                        stream, entry_id.decode(), fields, int(entry["times_delivered"]) + 1
-                    )
+                    if fields:  # else deleted meanwhile
+                        log.warning("job_reclaimed", from_worker=owner, entry_id=entry_id.decode())
+                        attempt = int(entry["times_delivered"]) + 1
+                        return stream, entry_id.decode(), fields, attempt
+        return None

@@ -159,10 +159,15 @@ shared settings.
 
 {{/*
 Return the Redis stream of a model's jobs and the workers' consumer group. They must match
-shared/keys.py; tests/helm checks the KEDA triggers against them.
+shared/keys.py, and model names are normalised as shared/names.py does (lower case, tag
+`latest` by default); tests/helm checks the KEDA triggers against both.
 */}}
 {{- define "herd.jobStream" -}}
-{{- printf "herd:jobs:%s" . }}
+{{- $model := lower (trim .) }}
+{{- if not (contains ":" $model) }}
+{{- $model = printf "%s:latest" $model }}
+{{- end }}
+{{- printf "herd:jobs:%s" $model }}
 {{- end }}
 {{- define "herd.consumerGroup" -}}
 herd-workers
@@ -195,14 +200,9 @@ Compile all warnings and errors about the values into one message and fail once.
 {{- end -}}
 
 {{- define "herd.validateValues.redis" -}}
-{{- if not .Values.redis.enabled -}}
-{{- if not .Values.externalRedis.url -}}
+{{- /* The schema checks the URL's scheme and that it holds no credentials. */ -}}
+{{- if and (not .Values.redis.enabled) (not .Values.externalRedis.url) -}}
 redis: set externalRedis.url (redis://host:port/db or rediss://…) when redis.enabled is false
-{{- else if not (regexMatch "^rediss?://" .Values.externalRedis.url) -}}
-redis: externalRedis.url must start with redis:// or rediss://
-{{- else if regexMatch "^rediss?://[^/]*@" .Values.externalRedis.url -}}
-redis: keep credentials out of externalRedis.url; put the password in externalRedis.existingSecret
-{{- end -}}
 {{- end -}}
 {{- end -}}
 

@@ -1,0 +1,250 @@
+"""What the chart promises an operator: GPUs, security contexts, drains, KEDA, Redis and storage."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import pytest
+
+from shared.keys import JOB_GROUP, job_stream
+from shared.names import normalize
+
+from .chart import (
+    NAMESPACE,
+    PROFILES,
+    Obj,
+    Rendered,
+    container,
+    container_port,
+    env_entries,
+    merged_values,
+    pod_labels,
+    pod_spec,
+    profile_values,
+    render,
+    render_profile,
+    selects,
+)
+
+GPU = "nvidia.com/gpu"
+
+
+def _workloads(rendered: Rendered) -> list[Obj]:
+    return rendered.of_kind("Deployment") + rendered.of_kind("StatefulSet")
+
+
+def _env(rendered: Rendered, component: str, name: str) -> str:
+    value = env_entries(container(rendered.component("Deployment", component)))[name]["value"]
+    assert isinstance(value, str)
+    return value
+
+
+def test_gpu_profile_requests_gpus_on_gpu_nodes() -> None:
+    rendered = render_profile("gpu")
+    worker = rendered.component("Deployment", "worker")
+    resources = container(worker)["resources"]
+    assert resources["limits"][GPU] == 1 and resources["requests"][GPU] == 1
+    spec = pod_spec(worker)
+    assert spec["runtimeClassName"] == "nvidia"
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert "nodeAffinity" in spec["affinity"]
+    assert _env(rendered, "worker", "HERD_N_GPU_LAYERS") == "-1"
+    assert container(worker)["image"].endswith(":0.1.0")
+
+
+def test_cpu_only_profile_requests_no_gpu_anywhere() -> None:
+    rendered = render_profile("cpu-only")
+    for workload in _workloads(rendered):
+        for ctr in pod_spec(workload)["containers"]:
+            for section in ("requests", "limits"):
+                assert not any("gpu" in name for name in ctr.get("resources", {}).get(section, {}))
+        assert "runtimeClassName" not in pod_spec(workload)
+    worker = rendered.component("Deployment", "worker")
+    assert container(worker)["image"].endswith(":0.1.0-cpu")
+    assert _env(rendered, "worker", "HERD_N_GPU_LAYERS") == "0"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_pods_run_restricted(profile: str) -> None:
+    for workload in _workloads(render_profile(profile)):
+        spec = pod_spec(workload)
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["runAsUser"] > 0
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert spec["automountServiceAccountToken"] is False
+        mounts_by_volume = {v["name"]: v for v in spec["volumes"]}
+        for ctr in spec["containers"]:
+            context = ctr["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"]["drop"] == ["ALL"]
+            assert "add" not in context["capabilities"]
+            mounts = {m["mountPath"]: m["name"] for m in ctr["volumeMounts"]}
+            assert "emptyDir" in mounts_by_volume[mounts["/tmp"]], "a writable /tmp"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_root_filesystems_are_read_only_where_possible(profile: str) -> None:
+    rendered = render_profile(profile)
+    read_only = {
+        workload["metadata"]["labels"]["app.kubernetes.io/component"]
+        for workload in _workloads(rendered)
+        if container(workload)["securityContext"]["readOnlyRootFilesystem"]
+    }
+    assert {"api"} <= read_only
+    assert ("redis" in read_only) == bool(rendered.of_kind("StatefulSet"))
+    assert ("worker" in read_only) == (profile == "cpu-only")
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_pods_outlive_their_drain(profile: str) -> None:
+    rendered = render_profile(profile)
+    api = rendered.component("Deployment", "api")
+    pre_stop = container(api)["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    api_budget = int(pre_stop[1]) + float(_env(rendered, "api", "HERD_SHUTDOWN_GRACE_S"))
+    assert pod_spec(api)["terminationGracePeriodSeconds"] > api_budget
+    worker = rendered.component("Deployment", "worker")
+    worker_drain = float(_env(rendered, "worker", "HERD_SHUTDOWN_GRACE_S"))
+    assert pod_spec(worker)["terminationGracePeriodSeconds"] > worker_drain
+    assert int(pre_stop[1]) == merged_values(profile)["api"]["preStopSleepSeconds"]
+
+
+@pytest.mark.parametrize("profile", ["keda", "production-like"])
+def test_keda_scales_workers_on_each_models_stream(profile: str) -> None:
+    rendered = render_profile(profile)
+    values = merged_values(profile)
+    [scaled] = rendered.of_kind("ScaledObject")
+    triggers = scaled["spec"]["triggers"]
+    expected = [job_stream(normalize(model)) for model in values["worker"]["keda"]["models"]]
+    assert [t["metadata"]["stream"] for t in triggers] == expected
+    redis_service = rendered.get(
+        "Service", rendered.component("StatefulSet", "redis")["metadata"]["name"]
+    )
+    [port] = redis_service["spec"]["ports"]
+    auth = rendered.get("TriggerAuthentication", triggers[0]["authenticationRef"]["name"])
+    api = container(rendered.component("Deployment", "api"))
+    password_ref = env_entries(api)["HERD_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    for trigger in triggers:
+        metadata = trigger["metadata"]
+        assert metadata["consumerGroup"] == JOB_GROUP == "herd-workers"
+        assert metadata["lagCount"] == str(values["worker"]["keda"]["lagCount"])
+        assert (
+            metadata["address"]
+            == f"{redis_service['metadata']['name']}.{NAMESPACE}.svc:{port['port']}"
+        )
+        assert metadata["enableTLS"] == "false" and metadata["databaseIndex"] == "0"
+    [ref] = auth["spec"]["secretTargetRef"]
+    assert {"name": ref["name"], "key": ref["key"]} == password_ref
+    policy = rendered.get("NetworkPolicy", redis_service["metadata"]["name"])
+    peers = policy["spec"]["ingress"][0]["from"]
+    keda_namespace = values["worker"]["keda"]["operatorNamespace"]
+    assert {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": keda_namespace}}
+    } in peers
+
+
+def test_keda_streams_use_herds_model_names() -> None:
+    models = ["Llama3.2", "gemma3:270m", "library/qwen2.5:0.5B"]
+    rendered = render({"worker": {"keda": {"enabled": True, "models": models}}})
+    triggers = rendered.get("ScaledObject", "herd-worker")["spec"]["triggers"]
+    streams = [t["metadata"]["stream"] for t in triggers]
+    assert streams == [job_stream(normalize(model)) for model in models]
+    assert streams[0] == "herd:jobs:llama3.2:latest"
+
+
+def test_keda_follows_an_external_tls_redis() -> None:
+    values = profile_values("external-redis")
+    values["worker"] = {"keda": {"enabled": True}}
+    rendered = render(values)
+    [trigger] = rendered.get("ScaledObject", "herd-worker")["spec"]["triggers"]
+    url = urlsplit(values["externalRedis"]["url"])
+    assert trigger["metadata"]["address"] == url.netloc
+    assert trigger["metadata"]["enableTLS"] == "true"
+    assert trigger["metadata"]["databaseIndex"] == url.path.lstrip("/")
+    auth = rendered.get("TriggerAuthentication", trigger["authenticationRef"]["name"])
+    assert auth["spec"]["secretTargetRef"][0]["name"] == values["externalRedis"]["existingSecret"]
+
+
+def test_external_redis_replaces_the_bundled_one() -> None:
+    rendered = render_profile("external-redis")
+    values = merged_values("external-redis")
+    assert not rendered.of_kind("StatefulSet") and not rendered.of_kind("NetworkPolicy")
+    assert not rendered.of_kind("Secret") and not rendered.of_kind("ConfigMap")
+    assert _env(rendered, "api", "HERD_REDIS_URL") == values["externalRedis"]["url"]
+    api = container(rendered.component("Deployment", "api"))
+    ref = env_entries(api)["HERD_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert ref == {
+        "name": values["externalRedis"]["existingSecret"],
+        "key": values["externalRedis"]["existingSecretPasswordKey"],
+    }
+
+
+@pytest.mark.parametrize("profile", [p for p in PROFILES if p != "external-redis"])
+def test_bundled_redis_is_durable_and_fenced(profile: str) -> None:
+    rendered = render_profile(profile)
+    redis = rendered.component("StatefulSet", "redis")
+    ctr = container(redis)
+    config = rendered.get("ConfigMap", redis["metadata"]["name"])["data"]["redis.conf"].splitlines()
+    assert "appendonly yes" in config and "maxmemory-policy noeviction" in config
+    assert f"port {container_port(ctr, 'redis')}" in config
+    assert "requirepass" not in "\n".join(config), "the password stays in the Secret"
+    assert "REDIS_PASSWORD" not in " ".join(ctr["command"]), "never on the command line"
+    [claim] = redis["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert {"name": "data", "mountPath": "/data"} in ctr["volumeMounts"]
+    headless = rendered.get("Service", redis["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+
+    policy = rendered.get("NetworkPolicy", redis["metadata"]["name"])
+    assert selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels(redis))
+    [rule] = policy["spec"]["ingress"]
+    assert [container_port(ctr, p["port"]) for p in rule["ports"]] == [6379]
+    selectors = [
+        peer["podSelector"]["matchLabels"] for peer in rule["from"] if "podSelector" in peer
+    ]
+    herd_pods = [pod_labels(rendered.component("Deployment", c)) for c in ("api", "worker")]
+    assert all(any(selects(s, labels) for s in selectors) for labels in herd_pods)
+    stranger = {**pod_labels(redis), "app.kubernetes.io/component": "debug"}
+    other_release = {**herd_pods[0], "app.kubernetes.io/instance": "other"}
+    assert not any(selects(s, labels) for s in selectors for labels in (stranger, other_release))
+
+
+@pytest.mark.parametrize(
+    ("profile", "kind"),
+    [("default", "emptyDir"), ("gpu", "pvc"), ("production-like", "existingClaim")],
+)
+def test_models_are_mounted_where_herd_looks(profile: str, kind: str) -> None:
+    rendered = render_profile(profile)
+    worker = rendered.component("Deployment", "worker")
+    mounts = {m["mountPath"]: m["name"] for m in container(worker)["volumeMounts"]}
+    models_dir = _env(rendered, "worker", "HERD_MODELS_DIR")
+    volume = next(v for v in pod_spec(worker)["volumes"] if v["name"] == mounts[models_dir])
+    if kind == "emptyDir":
+        assert "emptyDir" in volume
+        return
+    claim_name = volume["persistentVolumeClaim"]["claimName"]
+    if kind == "pvc":
+        claim = rendered.get("PersistentVolumeClaim", claim_name)
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    else:
+        assert claim_name == merged_values(profile)["models"]["storage"]["existingClaim"]
+        assert not rendered.of_kind("PersistentVolumeClaim")
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_volumes_and_config_references_resolve(profile: str) -> None:
+    rendered = render_profile(profile)
+    for workload in _workloads(rendered):
+        spec = pod_spec(workload)
+        claims = {t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])}
+        volumes = {v["name"] for v in spec["volumes"]} | claims
+        for ctr in spec["containers"]:
+            assert {m["name"] for m in ctr["volumeMounts"]} <= volumes
+        for volume in spec["volumes"]:
+            if "configMap" in volume:
+                assert rendered.find("ConfigMap", volume["configMap"]["name"])
+        assert spec["serviceAccountName"] in {
+            sa["metadata"]["name"] for sa in rendered.of_kind("ServiceAccount")
+        }

@@ -1,0 +1,123 @@
+"""Cluster behaviour with in-process FakeEngine workers, through the real API and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import httpx
+import orjson
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.errors import QUEUE_FULL
+from tests.conftest import ApiFactory, WorkerFactory
+from worker.fake_engine import FakeEngine
+
+CHAT = {"model": "gemma3:270m", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+
+
+def _seen(*engines: object) -> list[str]:
+    return [rid for engine in engines if isinstance(engine, FakeEngine) for rid in engine.seen]
+
+
+async def test_two_workers_run_each_job_exactly_once(
+    api: ApiFactory, worker: WorkerFactory, redis: Redis
+) -> None:
+    client = await api()
+    first = await worker(num_parallel=2, worker_id="w1")
+    second = await worker(num_parallel=2, worker_id="w2")
+    replies = await asyncio.gather(*(client.post("/api/chat", json=CHAT) for _ in range(20)))
+    assert [r.status_code for r in replies] == [200] * 20
+    seen = _seen(first.engine, second.engine)
+    assert len(seen) == 20 and len(set(seen)) == 20
+    assert _seen(first.engine) and _seen(second.engine)
+    # done jobs leave the stream and nothing stays pending
+    stream = keys.job_stream("gemma3:270m")
+    assert await redis.xlen(stream) == 0
+    assert (await redis.xpending(stream, keys.JOB_GROUP))["pending"] == 0
+
+
+async def test_stream_disconnect_stops_the_worker_within_2s(
+    api: ApiFactory, worker: WorkerFactory
+) -> None:
+    client = await api()
+    slow = await worker(fake_token_delay_s=0.3)
+    body = {**CHAT, "stream": True}
+    async with client.stream("POST", "/api/chat", json=body) as response:
+        lines = response.aiter_lines()
+        assert orjson.loads(await anext(lines))["done"] is False
+    left = time.monotonic()
+    while slow.active_jobs and time.monotonic() - left < 2:
+        await asyncio.sleep(0.02)
+    assert slow.active_jobs == 0, "the worker still generates for a client that left"
+    assert time.monotonic() - left < 2
+
+
+async def test_non_streamed_disconnect_cancels_too(api: ApiFactory, worker: WorkerFactory) -> None:
+    client = await api()
+    slow = await worker(fake_token_delay_s=0.3)
+    with contextlib.suppress(httpx.ReadTimeout):
+        await client.post("/api/chat", json=CHAT, timeout=0.5)
+    left = time.monotonic()
+    while slow.active_jobs and time.monotonic() - left < 2:
+        await asyncio.sleep(0.02)
+    assert slow.active_jobs == 0
+
+
+async def test_a_queued_job_whose_client_left_never_runs(
+    api: ApiFactory, worker: WorkerFactory, redis: Redis
+) -> None:
+    client = await api()
+    busy = await worker(num_parallel=1, fake_token_delay_s=0.05)
+    running = asyncio.create_task(client.post("/api/chat", json=CHAT))
+    while not busy.active_jobs:
+        await asyncio.sleep(0.01)
+    with contextlib.suppress(httpx.ReadTimeout):
+        await client.post("/api/chat", json=CHAT, timeout=0.2)
+    assert (await running).status_code == 200
+    await asyncio.sleep(0.3)  # the worker is free: it claims and drops the cancelled job
+    assert len(_seen(busy.engine)) == 1
+    assert await redis.xlen(keys.job_stream("gemma3:270m")) == 0
+
+
+async def test_full_queue_answers_503(api: ApiFactory, worker: WorkerFactory) -> None:
+    client = await api(max_queue=1)
+    busy = await worker(num_parallel=1, fake_token_delay_s=0.05)
+    running = asyncio.create_task(client.post("/api/chat", json=CHAT))
+    while not busy.active_jobs:
+        await asyncio.sleep(0.01)
+    rejected = await client.post("/api/chat", json=CHAT)
+    assert rejected.status_code == 503
+    assert rejected.json() == {"error": QUEUE_FULL}
+    assert (await running).status_code == 200
+
+
+async def test_a_job_nobody_takes_times_out_with_503(
+    api: ApiFactory, worker: WorkerFactory
+) -> None:
+    client = await api(queue_timeout_s=0.5)
+    busy = await worker(num_parallel=1, fake_token_delay_s=0.2)
+    running = asyncio.create_task(client.post("/api/chat", json=CHAT))
+    while not busy.active_jobs:
+        await asyncio.sleep(0.01)
+    waited = await client.post("/api/chat", json=CHAT)
+    assert waited.status_code == 503
+    assert "timed out" in waited.json()["error"]
+    assert (await running).status_code == 200
+    await asyncio.sleep(0.3)
+    assert len(_seen(busy.engine)) == 1  # the expired job was dropped, not run
+
+
+async def test_worker_advert_carries_devices_models_and_slots(
+    worker: WorkerFactory, redis: Redis
+) -> None:
+    await worker(worker_id="advertised", num_parallel=3, fake_models=["m:1"])
+    raw = await redis.get(keys.worker_key("advertised"))
+    assert raw is not None
+    advert = orjson.loads(raw)
+    assert advert["slots_total"] == 3 and advert["ready"] is True
+    assert [m["name"] for m in advert["models"]] == ["m:1"]
+    assert advert["devices"][0]["total_bytes"] > 0
+    assert 0 < await redis.pttl(keys.worker_key("advertised")) <= 1000

@@ -1,0 +1,118 @@
+"""Workers as real ``herd worker`` processes: killed, drained, taken over."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import orjson
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.embedded import free_port
+from shared.errors import WORKER_LOST
+from tests.conftest import ApiFactory, ProcessFactory, WorkerFactory, wait_for_http
+
+CHAT = {"model": "gemma3:270m", "messages": [{"role": "user", "content": "hi"}]}
+TTL_S = 1.0
+
+
+def _worker_env(redis_url: str, worker_id: str, delay_s: float) -> dict[str, str]:
+    return {
+        "HERD_REDIS_URL": redis_url,
+        "HERD_ENGINE": "fake",
+        "HERD_WORKER_ID": worker_id,
+        "HERD_WORKER_HEALTH_ADDR": f"127.0.0.1:{free_port()}",
+        "HERD_HEARTBEAT_INTERVAL_S": "0.2",
+        "HERD_HEARTBEAT_TTL_S": str(TTL_S),
+        "HERD_FAKE_TOKEN_DELAY_S": str(delay_s),
+        "HERD_SHUTDOWN_GRACE_S": "5",
+    }
+
+
+async def _until_advertised(redis: Redis, worker_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while not await redis.exists(keys.worker_key(worker_id)):
+        assert time.monotonic() < deadline, f"{worker_id} never advertised"
+        await asyncio.sleep(0.05)
+
+
+async def test_sigkilled_worker_leaves_the_adverts_within_its_ttl(
+    herd_process: ProcessFactory, redis: Redis, redis_url: str
+) -> None:
+    child = herd_process("worker", **_worker_env(redis_url, "doomed", 0.01))
+    await _until_advertised(redis, "doomed")
+    child.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    while await redis.exists(keys.worker_key("doomed")):
+        await asyncio.sleep(0.02)
+    assert time.monotonic() - killed <= TTL_S + 0.1
+
+
+async def test_probes_answer_and_readiness_follows_the_models(
+    herd_process: ProcessFactory, redis: Redis, redis_url: str
+) -> None:
+    env = _worker_env(redis_url, "probed", 0.01)
+    herd_process("worker", **env)
+    base = f"http://{env['HERD_WORKER_HEALTH_ADDR']}"
+    await asyncio.to_thread(wait_for_http, f"{base}/readyz")
+    await asyncio.to_thread(wait_for_http, f"{base}/healthz")
+
+
+async def test_worker_killed_mid_stream_gives_one_error_line(
+    api: ApiFactory, herd_process: ProcessFactory, redis: Redis, redis_url: str
+) -> None:
+    client = await api(heartbeat_interval_s=0.2)
+    child = herd_process("worker", **_worker_env(redis_url, "victim", 0.2))
+    await _until_advertised(redis, "victim")
+    async with client.stream("POST", "/api/chat", json=CHAT) as response:
+        lines = response.aiter_lines()
+        assert orjson.loads(await anext(lines))["done"] is False
+        child.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        rest = [orjson.loads(line) async for line in lines if line]
+    assert rest[-1] == {"error": WORKER_LOST}
+    assert not any(line.get("done") for line in rest)
+    assert time.monotonic() - killed < TTL_S + 2
+
+
+async def test_job_of_a_dead_worker_that_sent_nothing_runs_elsewhere(
+    api: ApiFactory,
+    worker: WorkerFactory,
+    herd_process: ProcessFactory,
+    redis: Redis,
+    redis_url: str,
+) -> None:
+    """A worker SIGSTOPped after claiming (so it never starts) is taken over once dead."""
+    client = await api(heartbeat_interval_s=0.2)
+    child = herd_process("worker", **_worker_env(redis_url, "frozen", 0.01))
+    await _until_advertised(redis, "frozen")
+    child.send_signal(signal.SIGSTOP)  # claims nothing new, holds nothing yet
+    stream = keys.job_stream("gemma3:270m")
+    request = asyncio.create_task(client.post("/api/chat", json={**CHAT, "stream": False}))
+    while not await redis.xlen(stream):
+        await asyncio.sleep(0.01)
+    # claim it under the frozen worker's name: pending there, never started
+    await redis.xreadgroup(keys.JOB_GROUP, "frozen", {stream: ">"}, count=1)
+    rescuer = await worker(worker_id="rescuer", heartbeat_interval_s=0.2)
+    reply = await request
+    assert reply.status_code == 200 and reply.json()["done"] is True
+    assert len(rescuer.engine.seen) == 1  # type: ignore[attr-defined]
+    child.send_signal(signal.SIGKILL)
+
+
+async def test_sigterm_drains_in_flight_jobs_and_withdraws(
+    api: ApiFactory, herd_process: ProcessFactory, redis: Redis, redis_url: str
+) -> None:
+    client = await api()
+    child = herd_process("worker", **_worker_env(redis_url, "draining", 0.1))
+    await _until_advertised(redis, "draining")
+    async with client.stream("POST", "/api/chat", json=CHAT) as response:
+        lines = response.aiter_lines()
+        assert orjson.loads(await anext(lines))["done"] is False
+        child.send_signal(signal.SIGTERM)
+        rest = [orjson.loads(line) async for line in lines if line]
+    assert rest[-1]["done"] is True and rest[-1]["done_reason"] == "stop"
+    assert await asyncio.to_thread(child.wait, 10) == 0
+    assert not await redis.exists(keys.worker_key("draining"))
