@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -73,6 +74,24 @@ def resolve_env(rendered: Rendered, ctr: Obj, pod_name: str) -> dict[str, str]:
     return env
 
 
+def local_mounts(ctr: Obj, workdir: Path) -> dict[str, Path]:
+    """A fresh directory under ``workdir`` for each of the container's volume mounts."""
+    mounts: dict[str, Path] = {}
+    for mount in ctr.get("volumeMounts", []):
+        mounts[mount["mountPath"]] = workdir / mount["name"]
+        mounts[mount["mountPath"]].mkdir(parents=True, exist_ok=True)
+    return mounts
+
+
+def translate_paths(text: str, mounts: dict[str, Path]) -> str:
+    """Replace mount paths by their local directories, in one pass, whole path components only."""
+    if not mounts:
+        return text
+    alternatives = "|".join(re.escape(p) for p in sorted(mounts, key=len, reverse=True))
+    pattern = re.compile(rf"(?<![\w./-])({alternatives})(?=/|[^\w.-]|$)")
+    return pattern.sub(lambda match: str(mounts[match[1]]), text)
+
+
 def prepare(
     rendered: Rendered, ctr: Obj, workdir: Path, *, pod_name: str, drop: tuple[str, ...] = ()
 ) -> LocalPod:
@@ -82,11 +101,9 @@ def prepare(
         argv[0] = str(VENV_BIN / "herd")
     env = {k: v for k, v in resolve_env(rendered, ctr, pod_name).items() if k not in drop}
     pod = LocalPod(ctr=ctr, argv=argv, env=env)
-    for mount in ctr.get("volumeMounts", []):
-        local = workdir / mount["name"]
-        local.mkdir(parents=True, exist_ok=True)
-        pod.argv = [arg.replace(mount["mountPath"], str(local)) for arg in pod.argv]
-        pod.env = {k: (str(local) if v == mount["mountPath"] else v) for k, v in pod.env.items()}
+    mounts = local_mounts(ctr, workdir)
+    pod.argv = [translate_paths(arg, mounts) for arg in pod.argv]
+    pod.env = {k: translate_paths(v, mounts) for k, v in pod.env.items()}
     for name in BIND_VARIABLES:
         if name in pod.env:
             bound = parse_host(pod.env[name])

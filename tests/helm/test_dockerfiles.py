@@ -44,7 +44,7 @@ def _instructions(path: Path) -> list[Instruction]:
         logical.append(pending + stripped)
         pending = ""
     assert not pending, f"{path.name} ends inside a continuation"
-    return [Instruction(*(text.split(None, 1) + [""])[:2]) for text in logical]
+    return [Instruction(*(part.strip() for part in text.partition(" ")[::2])) for text in logical]
 
 
 def _final_stage(path: Path) -> list[Instruction]:

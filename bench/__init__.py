@@ -1,0 +1,1 @@
+"""Benchmarks: Herd measured side by side with llama-cpp-python on the same model."""
