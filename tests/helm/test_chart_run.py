@@ -52,8 +52,8 @@ def test_api_and_worker_serve_a_chat(redis_url: str, tmp_path: Path) -> None:
     # The session's redis-server stands in for the Redis Service. It has no password, so the
     # chart's HERD_REDIS_PASSWORD is left out here; test_bundled_redis_… runs it with one.
     url = _with_database(redis_url, DATABASE)
-    client = redis.Redis.from_url(url)
-    client.flushdb()
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
     drop = ("HERD_REDIS_PASSWORD",)
     api = prepare(rendered, api_ctr, tmp_path / "api", pod_name="herd-api-0", drop=drop)
     worker = prepare(rendered, worker_ctr, tmp_path / "worker", pod_name="herd-worker-0", drop=drop)
@@ -83,8 +83,8 @@ def test_api_and_worker_serve_a_chat(redis_url: str, tmp_path: Path) -> None:
         # grace period (uvicorn re-raises SIGTERM once it has shut down, hence -SIGTERM).
         assert stop(api, timeout_s=20) in (0, -signal.SIGTERM), api.logs()
         assert stop(worker, timeout_s=20) == 0, worker.logs()
-    client.flushdb()
-    client.close()
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
 
 
 def test_bundled_redis_runs_with_the_secret_and_api_authenticates(tmp_path: Path) -> None:
@@ -116,14 +116,17 @@ def test_bundled_redis_runs_with_the_secret_and_api_authenticates(tmp_path: Path
     redis_bin = Path(redis_server_binary()).parent
     with running(server, api):
         start(server, tmp_path / "redis", extra_path=redis_bin)
-        anonymous = redis.Redis(port=bundled_redis_port, socket_connect_timeout=1)
-        admin = redis.Redis(port=bundled_redis_port, password=password, socket_connect_timeout=1)
-        _wait_for_redis(admin)
-        with pytest.raises(redis.exceptions.AuthenticationError):
+        with redis.Redis(port=bundled_redis_port, password=password) as admin:
+            _wait_for_redis(admin)
+            assert admin.config_get("appendonly") == {"appendonly": "yes"}
+            assert admin.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+            assert admin.config_get("dir") == {"dir": str(mounts["/data"])}
+            admin.xadd("herd:jobs:gemma3:270m", {"job": "{}"})
+        with (
+            redis.Redis(port=bundled_redis_port) as anonymous,
+            pytest.raises(redis.exceptions.AuthenticationError),
+        ):
             anonymous.ping()
-        assert admin.config_get("appendonly") == {"appendonly": "yes"}
-        assert admin.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
-        assert admin.config_get("dir") == {"dir": str(mounts["/data"])}
         probe = redis_ctr["readinessProbe"]["exec"]["command"]
         _run_probe(probe, server.env, redis_bin)
 
@@ -131,9 +134,9 @@ def test_bundled_redis_runs_with_the_secret_and_api_authenticates(tmp_path: Path
         wait_status(api, api.probe_url("readinessProbe"))
         assert stop(api, timeout_s=20) in (0, -signal.SIGTERM), api.logs()
         assert stop(server, timeout_s=10) == 0, server.logs()
-        anonymous.close()
-        admin.close()
-    assert any(p.name.startswith("appendonly") for p in mounts["/data"].iterdir())
+    # The job written above is in the append-only file on the data volume.
+    aof = [p for p in mounts["/data"].rglob("appendonly*") if p.is_file()]
+    assert any(b"herd:jobs:gemma3:270m" in p.read_bytes() for p in aof)
 
 
 def _wait_for_redis(client: redis.Redis) -> None:
