@@ -22,8 +22,20 @@ async def _resolve(state: AppState, model: str) -> str:
     return name
 
 
-def _unloads(keep_alive: float | str | None) -> bool:
-    return keep_alive in (0, "0", "0s")
+def _control(body: ollama.GenerateRequest | ollama.ChatRequest, *, chat: bool) -> Response:
+    """A request with nothing to generate loads the model, or with ``keep_alive: 0`` unloads."""
+    reason = "unload" if body.keep_alive in (0, "0", "0s") else "load"
+    return JSONResponse(ollama.control_response(body.model, chat=chat, reason=reason))
+
+
+async def _answer(request: Request, state: AppState, call: Call, *, stream: bool) -> Response:
+    return await respond(
+        request,
+        state.dispatcher,
+        call,
+        stream=stream,
+        queue_timeout_s=state.settings.queue_timeout_s,
+    )
 
 
 @router.post("/api/generate")
@@ -35,8 +47,7 @@ async def generate(request: Request, state: StateDep) -> Response:
         raise InvalidRequest("raw mode does not support template, system, or context")
     name = await _resolve(state, body.model)
     if not body.prompt:
-        reason = "unload" if _unloads(body.keep_alive) else "load"
-        return JSONResponse(ollama.control_response(body.model, chat=False, reason=reason))
+        return _control(body, chat=False)
     call = Call(
         kind="generate",
         model=body.model,
@@ -48,13 +59,7 @@ async def generate(request: Request, state: StateDep) -> Response:
         raw=body.raw,
         context=body.context,
     )
-    return await respond(
-        request,
-        state.dispatcher,
-        call,
-        stream=body.streaming,
-        queue_timeout_s=state.settings.queue_timeout_s,
-    )
+    return await _answer(request, state, call, stream=body.streaming)
 
 
 @router.post("/api/chat")
@@ -64,8 +69,7 @@ async def chat(request: Request, state: StateDep) -> Response:
         raise InvalidRequest("model is required")
     name = await _resolve(state, body.model)
     if not body.messages:
-        reason = "unload" if _unloads(body.keep_alive) else "load"
-        return JSONResponse(ollama.control_response(body.model, chat=True, reason=reason))
+        return _control(body, chat=True)
     call = Call(
         kind="chat",
         model=body.model,
@@ -73,10 +77,4 @@ async def chat(request: Request, state: StateDep) -> Response:
         options=ollama.sampling_options(body.options),
         messages=body.wire_messages(),
     )
-    return await respond(
-        request,
-        state.dispatcher,
-        call,
-        stream=body.streaming,
-        queue_timeout_s=state.settings.queue_timeout_s,
-    )
+    return await _answer(request, state, call, stream=body.streaming)
