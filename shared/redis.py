@@ -20,6 +20,8 @@ def connect(settings: Settings, *, pubsub: bool = False) -> Redis:
         socket_connect_timeout=5.0,
         socket_keepalive=True,
         health_check_interval=15 if pubsub else 0,
-        password=settings.redis_password,  # a password in the URL takes precedence
     )
+    if settings.redis_password is not None:
+        # the setting wins over a password in the URL (it comes from a Secret)
+        client.connection_pool.connection_kwargs["password"] = settings.redis_password
     return client

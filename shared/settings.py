@@ -25,7 +25,7 @@ class Settings(BaseSettings):
         None, description="Redis URL (redis:// or rediss://). Unset: `herd serve` embeds one."
     )
     redis_password: str | None = Field(
-        None, description="Password for Redis when the URL has none (keep it out of the URL)."
+        None, description="Password for Redis; overrides one in the URL (keep it out of the URL)."
     )
     host: Annotated[HostAddress, NoDecode] = Field(
         default_factory=lambda: parse_host(""),

@@ -97,12 +97,13 @@ def prepare(
 ) -> LocalPod:
     """Translate a rendered container into a local process description (not started yet)."""
     argv = [*ctr.get("command", []), *ctr.get("args", [])]
-    if argv[0] == "herd":
-        argv[0] = str(VENV_BIN / "herd")
     env = {k: v for k, v in resolve_env(rendered, ctr, pod_name).items() if k not in drop}
     pod = LocalPod(ctr=ctr, argv=argv, env=env)
     mounts = local_mounts(ctr, workdir)
     pod.argv = [translate_paths(arg, mounts) for arg in pod.argv]
+    # after translating: the venv may itself live under a mounted path such as /tmp
+    if pod.argv[0] == "herd":
+        pod.argv[0] = str(VENV_BIN / "herd")
     pod.env = {k: translate_paths(v, mounts) for k, v in pod.env.items()}
     for name in BIND_VARIABLES:
         if name in pod.env:

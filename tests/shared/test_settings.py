@@ -26,3 +26,12 @@ def test_rejects_unknown_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HERD_ENGINE", "gpt")
     with pytest.raises(ValidationError):
         Settings()
+
+
+async def test_redis_password_setting_overrides_the_url(redis_url: str) -> None:
+    from shared.redis import connect
+
+    settings = Settings(redis_url=redis_url.replace("//", "//:wrong@"), redis_password="right")
+    client = connect(settings)
+    assert client.connection_pool.connection_kwargs["password"] == "right"
+    await client.aclose()
