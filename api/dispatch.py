@@ -28,7 +28,6 @@ from shared import keys
 from shared.errors import (
     QUEUE_FULL,
     WORKER_LOST,
-    HerdError,
     QueueTimeout,
     Unavailable,
     from_type,
@@ -46,6 +45,14 @@ log = structlog.get_logger()
 
 Event = StartedEvent | TokenEvent | DoneEvent
 
+# XLEN counts queued and running jobs (workers delete an entry once it is done). Checking and
+# adding in one script costs one round trip and keeps concurrent requests from overshooting.
+_ADMIT = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
+return 1
+"""
+
 
 class Dispatcher:
     def __init__(
@@ -62,6 +69,7 @@ class Dispatcher:
         self._registry = registry
         self._max_queue = max_queue
         self._check_interval_s = check_interval_s
+        self._admit = client.register_script(_ADMIT)
 
     @asynccontextmanager
     async def submit(self, job: GenerateJob) -> AsyncIterator[AsyncIterator[Event]]:
@@ -71,10 +79,8 @@ class Dispatcher:
         queue = await self._router.subscribe(channel)
         relay = _Relay(job, queue, self._registry, self._check_interval_s)
         try:
-            # XLEN counts queued and running jobs: workers delete an entry once it is done
-            if await self._client.xlen(stream) >= self._max_queue:
+            if not await self._admit(keys=[stream], args=[self._max_queue, job.to_fields()["job"]]):
                 raise Unavailable(QUEUE_FULL)
-            await self._client.xadd(stream, job.to_fields())  # type: ignore[arg-type]
             yield relay.events()
         finally:
             # cleanup must run even while the request's task is being cancelled
@@ -145,6 +151,3 @@ class _Relay:
             self._worker = None  # another worker reclaims the job; wait for its attempt
         elif time.time() * 1000 > self._job.deadline_ms:
             raise QueueTimeout("timed out waiting for a worker")
-
-
-__all__ = ["Dispatcher", "Event", "HerdError"]

@@ -36,6 +36,9 @@ class TokenRouter:
         self._queues: dict[bytes, asyncio.Queue[bytes | BaseException]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._control = keys.token_channel(f"router-{uuid.uuid4().hex}")
+        # redis-py's PubSub opens its connection lazily; two first SUBSCRIBEs at once would
+        # open two, and messages for one of them would never be read
+        self._subscribing = asyncio.Lock()
 
     async def start(self) -> None:
         """Start routing; Redis need not be up yet (the API starts and reports unready)."""
@@ -55,7 +58,8 @@ class TokenRouter:
         assert self._pubsub is not None, "router not started"
         queue: asyncio.Queue[bytes | BaseException] = asyncio.Queue(QUEUE_LIMIT)
         self._queues[channel.encode()] = queue
-        await self._pubsub.subscribe(channel)
+        async with self._subscribing:
+            await self._pubsub.subscribe(channel)
         return queue
 
     async def unsubscribe(self, channel: str) -> None:
@@ -63,16 +67,13 @@ class TokenRouter:
         if self._pubsub is not None:
             await self._pubsub.unsubscribe(channel)
 
-    @property
-    def active(self) -> int:
-        return len(self._queues)
-
     async def _read(self) -> None:
         assert self._pubsub is not None
         while True:
             try:
                 if not self._pubsub.subscribed:
-                    await self._pubsub.subscribe(self._control)
+                    async with self._subscribing:
+                        await self._pubsub.subscribe(self._control)
                 message = await self._pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=1.0
                 )

@@ -62,9 +62,10 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
-        if not task.done():
+        if not task.done():  # the client left, or this handler itself is being cancelled
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, HerdError):
                 await task
-            raise Cancelled("request canceled")
+    if task.cancelled():
+        raise Cancelled("request canceled")
     return task.result()
