@@ -53,9 +53,16 @@ class Call:
         return body
 
 
-async def respond(
-    request: Request, dispatcher: Dispatcher, call: Call, *, stream: bool, queue_timeout_s: float
-) -> Response:
+def objects(
+    dispatcher: Dispatcher, call: Call, *, queue_timeout_s: float, aggregate: bool = False
+) -> AsyncGenerator[dict[str, Any]]:
+    """Run ``call``; its answer as native Ollama objects: the streamed chunks, or (with
+    ``aggregate``) the one ``stream: false`` object. Errors before the first object raise
+    ``HerdError``; the /v1 layer translates these same objects."""
+    return _objects(dispatcher, call, _job(call, queue_timeout_s), aggregate=aggregate)
+
+
+def _job(call: Call, queue_timeout_s: float) -> GenerateJob:
     now_ms = int(time.time() * 1000)
     job = GenerateJob(
         request_id=uuid.uuid4().hex,
@@ -71,11 +78,17 @@ async def respond(
         deadline_ms=now_ms + int(queue_timeout_s * 1000),
     )
     structlog.contextvars.bind_contextvars(request_id=job.request_id, model=call.name)
-    objects = _objects(dispatcher, call, job, aggregate=not stream)
+    return job
+
+
+async def respond(
+    request: Request, dispatcher: Dispatcher, call: Call, *, stream: bool, queue_timeout_s: float
+) -> Response:
+    answer = objects(dispatcher, call, queue_timeout_s=queue_timeout_s, aggregate=not stream)
     if stream:
-        return await ndjson_response(objects)
-    final = await unless_disconnected(request, anext(objects))
-    await objects.aclose()
+        return await ndjson_response(answer)
+    final = await unless_disconnected(request, anext(answer))
+    await answer.aclose()
     return JSONResponse(final)
 
 

@@ -39,3 +39,19 @@ def cancel_key(request_id: str) -> str:
 def worker_key(worker_id: str) -> str:
     """A worker's advert (JSON), expiring on its own when the heartbeat stops."""
     return f"{PREFIX}:worker:{worker_id}"
+
+
+#: Hash: a name made by /api/copy -> the served model it stands for.
+CATALOG_ALIASES = f"{PREFIX}:catalog:aliases"
+#: Set: served models that /api/delete removed from the catalog.
+CATALOG_DELETED = f"{PREFIX}:catalog:deleted"
+
+
+def control_stream(worker_id: str) -> str:
+    """A worker's own stream of control messages (unload a model)."""
+    return f"{PREFIX}:ctl:{worker_id}"
+
+
+def model_info(digest: str) -> str:
+    """A model's full GGUF metadata (JSON) for /api/show with ``verbose``."""
+    return f"{PREFIX}:modelinfo:{digest}"

@@ -7,7 +7,7 @@ them from these events (``api.ollama``).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -21,10 +21,26 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+class ToolCallFunction(_Wire):
+    name: str
+    #: A JSON object (never a string), key order kept.
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    index: int = 0
+
+
+class ToolCall(_Wire):
+    id: str = ""
+    function: ToolCallFunction
+
+
 class ChatMessage(_Wire):
     role: str
     content: str = ""
     images: list[str] | None = None
+    thinking: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
 
 
 class SamplingOptions(_Wire):
@@ -34,10 +50,36 @@ class SamplingOptions(_Wire):
     top_k: int | None = None
     top_p: float | None = None
     min_p: float | None = None
+    typical_p: float | None = None
     seed: int | None = None
     stop: list[str] | None = None
     num_predict: int | None = None
+    num_keep: int | None = None
     repeat_penalty: float | None = None
+    repeat_last_n: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+
+class LoadOptions(_Wire):
+    """Options fixed when a model is loaded; a job asking for other values reloads it."""
+
+    num_ctx: int | None = None
+    num_batch: int | None = None
+    num_gpu: int | None = None
+    main_gpu: int | None = None
+    use_mmap: bool | None = None
+    num_thread: int | None = None
+
+
+class TopLogprob(_Wire):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class Logprob(TopLogprob):
+    top_logprobs: list[TopLogprob] | None = None
 
 
 class GenerateJob(_Wire):
@@ -46,13 +88,34 @@ class GenerateJob(_Wire):
     v: Literal[1] = WIRE_VERSION
     request_id: str
     model: str
-    kind: Literal["chat", "generate"]
+    #: ``load`` only loads the model (Ollama's empty-prompt request) and answers done "load".
+    kind: Literal["chat", "generate", "embed", "load"]
     messages: list[ChatMessage] = Field(default_factory=list)
     prompt: str = ""
+    suffix: str = ""
     system: str | None = None
+    #: A prompt template overriding the model's (Ollama's Go-template syntax).
+    template: str | None = None
     raw: bool = False
     context: list[int] | None = None
+    images: list[str] | None = None
+    #: ``"json"`` or a JSON-schema object: the output is constrained with a grammar.
+    format: str | dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    #: ``True``/``False`` or a level (``low``, ``medium``, ``high``, ``max``); None: model default.
+    think: bool | str | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    truncate: bool | None = None
+    shift: bool | None = None
+    #: Seconds the model stays loaded once idle; negative: forever; None: unchanged.
+    keep_alive_s: float | None = None
     options: SamplingOptions = Field(default_factory=SamplingOptions)
+    load: LoadOptions = Field(default_factory=LoadOptions)
+    #: /api/embed: the texts to embed, their vectors cut to ``dimensions`` and L2-normalised.
+    inputs: list[str] = Field(default_factory=list)
+    dimensions: int | None = None
+    normalize: bool = True
     enqueued_at_ms: int
     deadline_ms: int
 
@@ -81,18 +144,23 @@ class StartedEvent(_Event):
 
 class TokenEvent(_Event):
     type: Literal["token"] = "token"
-    text: str
+    text: str = ""
+    thinking: str = ""
+    tool_calls: list[ToolCall] | None = None
+    logprobs: list[Logprob] | None = None
 
 
 class DoneEvent(_Event):
     type: Literal["done"] = "done"
-    done_reason: Literal["stop", "length"]
+    done_reason: Literal["stop", "length", "load"]
     n_prompt_tokens: int
     n_decoded: int
     prompt_eval_ns: int
     eval_ns: int
     #: Token ids of prompt and response (for /api/generate's ``context``).
     context: list[int] | None = None
+    #: An embed job's vectors, in input order.
+    embeddings: list[list[float]] | None = None
 
 
 class ErrorEvent(_Event):
@@ -126,7 +194,7 @@ class DeviceInfo(_Wire):
 
 
 class ModelAdvert(_Wire):
-    """A model a worker holds loaded, with what /api/tags and /api/ps show of it."""
+    """A model a worker can serve, with what /api/tags and /api/show show of it."""
 
     name: str
     size_bytes: int = 0
@@ -135,7 +203,30 @@ class ModelAdvert(_Wire):
     parameter_size: str = ""
     quantization_level: str = ""
     context_length: int = 0
+    embedding_length: int = 0
     modified_at: str = ""
+    #: Ollama's capability names: completion, tools, insert, vision, embedding, thinking.
+    capabilities: list[str] = Field(default_factory=lambda: ["completion"])
+    #: The chat template's source text (Jinja from the GGUF, or a built-in format's name).
+    template: str = ""
+    #: Modelfile-style parameters (``stop`` strings and the like): name -> values.
+    parameters: dict[str, list[Any]] = Field(default_factory=dict)
+    license: str = ""
+    #: GGUF key-value metadata, arrays longer than 5 items shortened to ``[]``
+    #: (the full set is at ``keys.model_info(digest)``).
+    model_info: dict[str, Any] = Field(default_factory=dict)
+
+
+class LoadedModel(_Wire):
+    """A model resident on a worker right now (what /api/ps lists)."""
+
+    name: str
+    size_bytes: int
+    size_vram: int = 0
+    context_length: int = 0
+    #: RFC 3339; when the idle model unloads (far future for "forever").
+    expires_at: str
+    busy: int = 0
 
 
 class WorkerAdvert(_Wire):
@@ -147,8 +238,26 @@ class WorkerAdvert(_Wire):
     version: str
     engine: str
     devices: list[DeviceInfo]
+    #: Models this worker can serve (loaded or not).
     models: list[ModelAdvert]
+    #: Models loaded in memory now.
+    loaded: list[LoadedModel] = Field(default_factory=list)
     slots_total: int
     slots_free: int
     ready: bool
     started_at: str
+
+
+class ControlMessage(_Wire):
+    """A message on a worker's control stream (``keys.control_stream``)."""
+
+    v: Literal[1] = WIRE_VERSION
+    action: Literal["unload"]
+    model: str
+
+    def to_fields(self) -> dict[str, bytes]:
+        return {"ctl": orjson.dumps(self.model_dump())}
+
+    @classmethod
+    def from_fields(cls, fields: dict[bytes, bytes]) -> ControlMessage:
+        return cls.model_validate_json(fields[b"ctl"])

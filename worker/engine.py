@@ -12,14 +12,19 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from shared.messages import GenerateJob, ModelAdvert
+from shared.messages import GenerateJob, LoadedModel, LoadOptions, Logprob, ModelAdvert
 
 
 @dataclass(frozen=True)
 class Piece:
-    """Generated text (may be several tokens' worth, or none)."""
+    """Generated text (may be several tokens' worth, or none), as the model wrote it.
+
+    Thinking and tool calls are not split out here: ``worker.postprocess`` does that for
+    every engine alike.
+    """
 
     text: str
+    logprobs: list[Logprob] | None = None
 
 
 @dataclass(frozen=True)
@@ -35,19 +40,39 @@ class Finish:
 EngineOutput = Piece | Finish
 
 
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: list[list[float]]
+    n_prompt_tokens: int
+
+
 class Engine(Protocol):
     name: str
 
     def models(self) -> list[ModelAdvert]:
-        """The models this engine has loaded (or will, once ``start`` returns)."""
+        """The models this engine can serve (loaded or not)."""
+        ...
+
+    def loaded(self) -> list[LoadedModel]:
+        """The models resident now."""
         ...
 
     async def start(self) -> None:
-        """Load the models; the worker advertises itself as ready afterwards."""
+        """Preload the models; the worker advertises itself as ready afterwards."""
         ...
 
     async def close(self) -> None: ...
 
+    async def load(self, name: str, options: LoadOptions) -> None:
+        """Load ``name`` (again, if loaded with other load-time options)."""
+        ...
+
+    async def unload(self, name: str) -> None: ...
+
     def generate(self, job: GenerateJob) -> AsyncIterator[EngineOutput]:
         """Pieces of text, then exactly one ``Finish``; raises ``HerdError`` on failure."""
+        ...
+
+    async def embed(self, job: GenerateJob) -> Embeddings:
+        """One vector per ``job.inputs`` (raw; the caller cuts and normalises)."""
         ...
