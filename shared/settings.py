@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.durations import keep_alive_seconds
 from shared.hostaddr import HostAddress, parse_host
 
 
@@ -60,6 +61,38 @@ class Settings(BaseSettings):
     fake_models: list[str] = Field(
         default_factory=lambda: ["gemma3:270m"], description="FakeEngine: models it serves."
     )
+    fake_capabilities: list[str] = Field(
+        default_factory=lambda: ["completion", "tools", "thinking", "insert", "embedding"],
+        description="FakeEngine: the capabilities its models advertise.",
+    )
+    max_loaded_models: int = Field(
+        3, ge=1, description="Models one worker keeps loaded; the idle one expiring first goes."
+    )
+    origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra CORS origins (comma-separated, `*` wildcards), like OLLAMA_ORIGINS.",
+    )
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
+    )
+
+    @field_validator("origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _check_keep_alive(cls, value: str) -> str:
+        keep_alive_seconds(value, setting=True)  # raises on a malformed duration
+        return value
+
+    @property
+    def keep_alive_s(self) -> float:
+        seconds = keep_alive_seconds(self.keep_alive, setting=True)
+        return 300.0 if seconds is None else seconds
 
     @field_validator("host", "worker_health_addr", mode="before")
     @classmethod
