@@ -55,4 +55,5 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     for module in (health, models, inference):
         app.include_router(module.router)
+    app.include_router(__import__("api.routes.openai", fromlist=["router"]).router)
     return app
