@@ -103,13 +103,19 @@ WorkerFactory = Callable[..., Awaitable[Worker]]
 
 @pytest.fixture
 async def worker(make_settings: SettingsFactory, redis_url: str) -> AsyncIterator[WorkerFactory]:
-    """``w = await worker(**settings)``: an in-process Worker with FakeEngine, ready."""
+    """``w = await worker(**settings)``: an in-process Worker with FakeEngine, ready
+    (``engine=FakeEngine(...)`` to pass one made by the test)."""
     running: list[tuple[Worker, asyncio.Task[None], Redis]] = []
 
-    async def start(**overrides: Any) -> Worker:
+    async def start(engine: FakeEngine | None = None, **overrides: Any) -> Worker:
         settings = make_settings(**overrides)
         client = Redis.from_url(redis_url)
-        engine = FakeEngine(settings.fake_models, settings.fake_token_delay_s)
+        if engine is None:
+            engine = FakeEngine(
+                settings.fake_models,
+                settings.fake_token_delay_s,
+                capabilities=settings.fake_capabilities,
+            )
         instance = Worker(settings, client, engine)
         task = asyncio.create_task(instance.run())
         while not instance.ready:

@@ -12,6 +12,10 @@ Delivery semantics:
   they have a free slot (never merely idle ones: a healthy generation can run for minutes)
   and run them again as a new attempt. The API fails, rather than repeats, a job whose
   text the client already saw.
+- Models: the worker reads the streams of every model its engine can serve; a job of a
+  model not loaded loads it first (``worker.residency``: keep_alive, eviction), and a
+  control stream of its own (``worker.control``) unloads models on the API's request.
+- The advert is rewritten every interval, and at once when a model loads or unloads.
 - On SIGTERM the worker stops claiming at once, gives in-flight jobs
   ``shutdown_grace_s`` to finish, fails the rest with an error event, and withdraws its
   advert.
@@ -30,13 +34,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
-from shared.errors import ErrorType, HerdError
 from shared.messages import GenerateJob
 from shared.settings import Settings
+from worker import control
 from worker.devices import Devices
-from worker.engine import Engine, Finish
-from worker.heartbeat import Advertiser
-from worker.publisher import Publisher
+from worker.engine import Engine
+from worker.heartbeat import Advertiser, ModelInfoSource
+from worker.jobs import JobRunner
+from worker.residency import Residency
 
 log = structlog.get_logger()
 
@@ -57,6 +62,15 @@ class Worker:
         self._slots = asyncio.Semaphore(settings.num_parallel)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
+        self._beat_soon = asyncio.Event()
+        self._beat_lock = asyncio.Lock()
+        self.residency = Residency(
+            engine,
+            max_loaded=settings.max_loaded_models,
+            default_keep_alive_s=settings.keep_alive_s,
+            on_change=self._beat_soon.set,
+        )
+        self._jobs = JobRunner(client, engine, self.residency, self.id, self._beat)
         self.ready = False
 
     @property
@@ -73,6 +87,8 @@ class Worker:
 
     async def run(self) -> None:
         await self.engine.start()
+        self.residency.adopt_preloaded()
+        await control.clear(self._client, self.id)
         for stream in self.streams:
             with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
                 await self._client.xgroup_create(stream, keys.JOB_GROUP, id="0", mkstream=True)
@@ -81,6 +97,9 @@ class Worker:
         log.info("worker_ready", worker_id=self.id, models=[m.name for m in self.engine.models()])
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(
+                control.control_loop(self._client, self.id, self.residency), name="control"
+            ),
         ]
         claim = asyncio.create_task(self._claim_loop(), name="claim")
         await self._stopping.wait()
@@ -92,8 +111,10 @@ class Worker:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         self.ready = False
+        await self.residency.close()
         with contextlib.suppress(RedisError, OSError):
             await self.advertiser.withdraw()
+            await control.clear(self._client, self.id)
         await self.engine.close()
         self.devices.close()
         log.info("worker_stopped", worker_id=self.id)
@@ -162,69 +183,35 @@ class Worker:
             with structlog.contextvars.bound_contextvars(
                 request_id=job.request_id, model=job.model, worker_id=self.id
             ):
-                await self._run(job, attempt)
+                await self._jobs.run(job, attempt)
         finally:
             with contextlib.suppress(RedisError, OSError):
                 await self._client.xack(stream, keys.JOB_GROUP, entry_id)
                 await self._client.xdel(stream, entry_id)
             self._slots.release()
 
-    async def _run(self, job: GenerateJob, attempt: int) -> None:
-        publisher = Publisher(self._client, job.request_id, attempt)
-        started = time.perf_counter()
-        outcome = "dropped"
-        try:
-            if time.time() * 1000 > job.deadline_ms or await self._client.exists(
-                keys.cancel_key(job.request_id)
-            ):
-                return
-            if not await publisher.started(self.id):
-                return
-            outcome = "cancelled"
-            outputs = self.engine.generate(job)
-            try:
-                async for output in outputs:
-                    if isinstance(output, Finish):
-                        await publisher.done(output)
-                        outcome = output.done_reason
-                    elif output.text and not await publisher.token(output.text):
-                        break  # nobody listens any more: the client went away
-            finally:
-                await outputs.aclose()  # type: ignore[attr-defined]
-        except HerdError as exc:
-            outcome = exc.error_type.value
-            await publisher.error(exc.error_type, exc.message)
-        except asyncio.CancelledError:
-            outcome = "interrupted"
-            with contextlib.suppress(RedisError, OSError):
-                await asyncio.shield(
-                    publisher.error(ErrorType.UNAVAILABLE, "worker shut down before finishing")
-                )
-            raise
-        except Exception as exc:
-            log.exception("job_failed")
-            outcome = "internal"
-            await publisher.error(ErrorType.INTERNAL, f"internal error: {exc}")
-        finally:
-            log.info(
-                "job_finished",
-                attempt=attempt,
-                outcome=outcome,
-                seconds=round(time.perf_counter() - started, 3),
-            )
-
     async def _beat(self) -> None:
-        advert = self.advertiser.advert(
-            devices=await asyncio.to_thread(self.devices.snapshot),
-            models=self.engine.models(),
-            total=self.settings.num_parallel,
-            free=max(0, self.settings.num_parallel - len(self._tasks)),
-        )
-        await self.advertiser.beat(advert)
+        async with self._beat_lock:  # an older snapshot never overwrites a newer one
+            self._beat_soon.clear()
+            devices = await asyncio.to_thread(self.devices.snapshot)
+            models = self.engine.models()
+            advert = self.advertiser.advert(
+                devices=devices,
+                models=models,
+                total=self.settings.num_parallel,
+                free=max(0, self.settings.num_parallel - len(self._tasks)),
+                loaded=self.residency.loaded(),
+            )
+            await self.advertiser.beat(advert)
+        source: ModelInfoSource | None = getattr(self.engine, "full_model_info", None)
+        await self.advertiser.write_model_info(models, source)
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._beat_soon.wait(), timeout=self.settings.heartbeat_interval_s
+                )
             try:
                 await self._beat()
             except (RedisError, OSError) as exc:

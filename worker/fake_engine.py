@@ -1,76 +1,219 @@
 """A stand-in for the model, for tests about the cluster rather than the tokens.
 
-It reads no model file. Its answer is deterministic: the words of ``REPLY`` (a multi-byte
-character among them) at ``token_delay_s`` per token, ``num_predict`` of them if given
-("length"), else the whole reply ("stop"). A prompt containing ``FAIL_MARKER`` fails after
-two tokens, to test errors in the middle of a stream.
+It reads no model file and implements the whole ``Engine`` protocol deterministically:
+
+- The answer is the words of ``REPLY`` (a multi-byte character among them) at
+  ``token_delay_s`` per piece, ``num_predict`` pieces of it if given ("length"), else all
+  ("stop"). A prompt containing ``FAIL_MARKER`` fails after two pieces, to test errors in
+  the middle of a stream.
+- With ``think`` truthy and the ``thinking`` capability, ``<think>Fake thoughts.</think>``
+  comes first; with ``tools`` (and the last message not a tool result) the answer is a
+  ``<tool_call>`` for the first tool with arguments made from its schema; ``format`` gives
+  a JSON document (``{"reply": REPLY}`` for ``"json"``, a valid instance for a schema).
+  The raw markup is split over pieces, as a model would write it: ``worker.postprocess``
+  turns it into thinking and tool calls.
+- ``logprobs`` are made up but stable; ``embed`` hashes each input into 8 numbers (not
+  normalised, so the worker's normalisation is tested).
+- ``load``/``unload`` only keep books; generating on a model not loaded fails, as in the
+  real engine. ``start`` preloads the first model, like the worker's default model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
-from collections.abc import AsyncIterator
-from typing import Literal
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal
+
+import orjson
 
 from shared.errors import EngineFailure
-from shared.messages import GenerateJob, ModelAdvert
-from worker.engine import EngineOutput, Finish, Piece
+from shared.messages import GenerateJob, LoadedModel, LoadOptions, Logprob, ModelAdvert, TopLogprob
+from worker.engine import Embeddings, EngineOutput, Finish, Piece
+from worker.schema_example import example
 
 REPLY = "Hello from the herd. Ünïcode survives the trip, token by token."
 FAIL_MARKER = "[[fake:fail]]"
+THOUGHTS = "Fake thoughts."
+#: What every loaded fake model "occupies".
+SIZE_BYTES = 1024 * 1024
+EMBEDDING_LENGTH = 8
+DEFAULT_CONTEXT = 4096
+DEFAULT_CAPABILITIES = ("completion", "tools", "thinking", "insert", "embedding")
 
 
 class FakeEngine:
     name = "fake"
 
-    def __init__(self, models: list[str], token_delay_s: float = 0.01) -> None:
-        self._models = [
-            ModelAdvert(
-                name=m,
-                family="fake",
-                parameter_size="0",
-                quantization_level="none",
-                size_bytes=1,
-                digest="0" * 64,
-                context_length=4096,
-                modified_at="2026-01-01T00:00:00Z",
-            )
-            for m in models
-        ]
+    def __init__(
+        self,
+        models: list[str],
+        token_delay_s: float = 0.01,
+        *,
+        capabilities: Sequence[str] = DEFAULT_CAPABILITIES,
+        load_delay_s: float = 0.0,
+        preload: bool = True,
+    ) -> None:
+        self._models = [_advert(m, list(capabilities)) for m in models]
         self._delay = token_delay_s
+        self._load_delay = load_delay_s
+        self._preload = preload
+        self._loaded: dict[str, LoadOptions] = {}
         #: Jobs generated so far, newest last (tests check exactly-once runs with it).
         self.seen: list[str] = []
+        #: Every load and unload, in order: ("load", name) / ("unload", name).
+        self.history: list[tuple[str, str]] = []
 
     def models(self) -> list[ModelAdvert]:
         return list(self._models)
 
+    def loaded(self) -> list[LoadedModel]:
+        return [
+            LoadedModel(
+                name=name,
+                size_bytes=SIZE_BYTES,
+                context_length=options.num_ctx or DEFAULT_CONTEXT,
+                expires_at="",  # the worker's residency knows when; the engine does not
+            )
+            for name, options in self._loaded.items()
+        ]
+
+    def full_model_info(self, name: str) -> dict[str, Any]:
+        return _model_info(name)
+
     async def start(self) -> None:
-        return None
+        if self._preload and self._models:
+            await self.load(self._models[0].name, LoadOptions())
 
     async def close(self) -> None:
-        return None
+        self._loaded.clear()
+
+    async def load(self, name: str, options: LoadOptions) -> None:
+        if name not in {m.name for m in self._models}:
+            raise EngineFailure(f"model '{name}' not found")
+        if self._load_delay:
+            await asyncio.sleep(self._load_delay)
+        self._loaded[name] = options
+        self.history.append(("load", name))
+
+    async def unload(self, name: str) -> None:
+        if self._loaded.pop(name, None) is not None:
+            self.history.append(("unload", name))
+
+    def _require(self, name: str) -> None:
+        if name not in self._loaded:
+            raise EngineFailure(f"model '{name}' is not loaded on this worker")
 
     async def generate(self, job: GenerateJob) -> AsyncIterator[EngineOutput]:
+        self._require(job.model)
         self.seen.append(job.request_id)
         prompt = job.prompt + "".join(m.content for m in job.messages)
-        words = [w + " " for w in REPLY.split(" ")]
-        words[-1] = words[-1].rstrip()
+        pieces = self._pieces(job)
         limit = job.options.num_predict
         reason: Literal["stop", "length"] = "stop"
-        if limit is not None and 0 <= limit < len(words):
-            words, reason = words[:limit], "length"
+        if limit is not None and 0 <= limit < len(pieces):
+            pieces, reason = pieces[:limit], "length"
         started = time.perf_counter_ns()
-        for index, word in enumerate(words):
+        for index, text in enumerate(pieces):
             if FAIL_MARKER in prompt and index == 2:
                 raise EngineFailure("fake engine failure")
             await asyncio.sleep(self._delay)
-            yield Piece(word)
+            yield Piece(text, _logprobs(text, index, job.top_logprobs) if job.logprobs else None)
         yield Finish(
             done_reason=reason,
             n_prompt_tokens=max(1, len(prompt.split())),
-            n_decoded=len(words),
+            n_decoded=len(pieces),
             prompt_eval_ns=1_000_000,
             eval_ns=max(1, time.perf_counter_ns() - started),
-            context=list(range(len(words))),
+            context=list(range(len(pieces))),
         )
+
+    def _pieces(self, job: GenerateJob) -> list[str]:
+        advert = next(m for m in self._models if m.name == job.model)
+        pieces: list[str] = []
+        if job.think and "thinking" in advert.capabilities:
+            pieces += ["<thi", "nk>Fake ", "thoughts.</th", "ink>"]
+        last = job.messages[-1].role if job.messages else ""
+        if job.tools and last != "tool":
+            function = job.tools[0].get("function", {})
+            call = orjson.dumps(
+                {"name": function.get("name", ""), "arguments": example(function.get("parameters"))}
+            ).decode()
+            middle = len(call) // 2
+            pieces += ["<tool", "_call>", call[:middle], call[middle:], "</tool_call>"]
+        elif job.format == "json":
+            pieces += _split(orjson.dumps({"reply": REPLY}).decode())
+        elif isinstance(job.format, dict):
+            pieces += _split(orjson.dumps(example(job.format)).decode())
+        else:
+            words = [w + " " for w in REPLY.split(" ")]
+            words[-1] = words[-1].rstrip()
+            pieces += words
+        return pieces
+
+    async def embed(self, job: GenerateJob) -> Embeddings:
+        self._require(job.model)
+        await asyncio.sleep(self._delay)
+        return Embeddings(
+            vectors=[_vector(text) for text in job.inputs],
+            n_prompt_tokens=sum(len(text.split()) for text in job.inputs),
+        )
+
+
+def _advert(name: str, capabilities: list[str]) -> ModelAdvert:
+    info = _model_info(name)
+    return ModelAdvert(
+        name=name,
+        family="fake",
+        parameter_size="0",
+        quantization_level="none",
+        size_bytes=SIZE_BYTES,
+        digest=hashlib.sha256(name.encode()).hexdigest(),
+        context_length=DEFAULT_CONTEXT,
+        embedding_length=EMBEDDING_LENGTH,
+        modified_at="2026-01-01T00:00:00Z",
+        capabilities=capabilities,
+        template="{{ .Prompt }}",
+        # as in a real advert: arrays longer than 5 items are left empty
+        model_info={k: ([] if isinstance(v, list) and len(v) > 5 else v) for k, v in info.items()},
+    )
+
+
+def _model_info(name: str) -> dict[str, Any]:
+    return {
+        "general.architecture": "fake",
+        "general.basename": name.split(":")[0],
+        "fake.context_length": DEFAULT_CONTEXT,
+        "fake.embedding_length": EMBEDDING_LENGTH,
+        "tokenizer.ggml.tokens": [w for w in REPLY.split(" ")],
+    }
+
+
+def _split(document: str, size: int = 7) -> list[str]:
+    return [document[i : i + size] for i in range(0, len(document), size)]
+
+
+def _logprobs(text: str, index: int, top: int) -> list[Logprob]:
+    value = -0.1 * (index % 7 + 1)
+    alternatives = [
+        TopLogprob(token=text, logprob=value, bytes=list(text.encode())),
+        *(
+            TopLogprob(token=f"alt{n}", logprob=value - n, bytes=list(f"alt{n}".encode()))
+            for n in range(1, max(0, top))
+        ),
+    ]
+    return [
+        Logprob(
+            token=text,
+            logprob=value,
+            bytes=list(text.encode()),
+            top_logprobs=alternatives[:top] if top > 0 else None,
+        )
+    ]
+
+
+def _vector(text: str) -> list[float]:
+    digest = hashlib.sha256(text.encode()).digest()
+    # in [-1, 1), never all zero: a plain function of the text
+    return [(byte - 128) / 128 + 0.01 for byte in digest[:EMBEDDING_LENGTH]]

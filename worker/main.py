@@ -21,7 +21,11 @@ def build_engine(settings: Settings) -> Engine:
     if settings.engine == "fake":
         from worker.fake_engine import FakeEngine
 
-        return FakeEngine(settings.fake_models, settings.fake_token_delay_s)
+        return FakeEngine(
+            settings.fake_models,
+            settings.fake_token_delay_s,
+            capabilities=settings.fake_capabilities,
+        )
     from worker.catalog import discover
     from worker.llama_engine import LlamaEngine
 

@@ -1,0 +1,130 @@
+"""Running one claimed job, whatever its kind, and publishing its events.
+
+Every kind first holds its model resident (``Residency.use``: loading it if needed), then
+publishes ``started`` (its ``load_ns`` covers the queue wait and the load, Ollama's
+``load_duration``); nobody listening means the client is gone and the job is dropped.
+
+- ``load``: nothing more; the advert is refreshed (so /api/ps shows the model at once) and
+  the answer is done with ``done_reason: "load"``.
+- ``embed``: the engine's vectors, cut to ``dimensions`` and normalised, on the done event.
+- ``chat``/``generate``: the engine's pieces through ``worker.postprocess`` (thinking, tool
+  calls), as token events; a token that reaches nobody stops the generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared import keys
+from shared.errors import EngineFailure, ErrorType, HerdError
+from shared.messages import GenerateJob
+from worker.engine import Engine, Finish
+from worker.postprocess import Chunk, Postprocessor, shape_embeddings
+from worker.publisher import Publisher
+from worker.residency import Residency
+
+log = structlog.get_logger()
+
+
+class JobRunner:
+    def __init__(
+        self,
+        client: Redis,
+        engine: Engine,
+        residency: Residency,
+        worker_id: str,
+        refresh_advert: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._client = client
+        self._engine = engine
+        self._residency = residency
+        self._worker_id = worker_id
+        self._refresh_advert = refresh_advert
+
+    async def run(self, job: GenerateJob, attempt: int) -> None:
+        publisher = Publisher(self._client, job.request_id, attempt)
+        started = time.perf_counter()
+        outcome = "dropped"
+        try:
+            if time.time() * 1000 > job.deadline_ms or await self._client.exists(
+                keys.cancel_key(job.request_id)
+            ):
+                return
+            async with self._residency.use(job.model, job.load, job.keep_alive_s):
+                waited_ns = max(0, int(time.time() * 1000) - job.enqueued_at_ms) * 1_000_000
+                if not await publisher.started(self._worker_id, waited_ns):
+                    return
+                outcome = "cancelled"
+                if job.kind == "load":
+                    await self._refresh_advert()
+                    await publisher.loaded()
+                    outcome = "load"
+                elif job.kind == "embed":
+                    outcome = await self._embed(job, publisher)
+                else:
+                    outcome = await self._generate(job, publisher)
+        except HerdError as exc:
+            outcome = exc.error_type.value
+            await publisher.error(exc.error_type, exc.message)
+        except asyncio.CancelledError:
+            outcome = "interrupted"
+            with contextlib.suppress(RedisError, OSError):
+                await asyncio.shield(
+                    publisher.error(ErrorType.UNAVAILABLE, "worker shut down before finishing")
+                )
+            raise
+        except Exception as exc:
+            log.exception("job_failed")
+            outcome = "internal"
+            await publisher.error(ErrorType.INTERNAL, f"internal error: {exc}")
+        finally:
+            log.info(
+                "job_finished",
+                kind=job.kind,
+                attempt=attempt,
+                outcome=outcome,
+                seconds=round(time.perf_counter() - started, 3),
+            )
+
+    async def _embed(self, job: GenerateJob, publisher: Publisher) -> str:
+        if not job.inputs:  # Ollama: an empty input only loads the model
+            await publisher.embedded([], 0, 0)
+            return "stop"
+        started = time.perf_counter_ns()
+        result = await self._engine.embed(job)
+        vectors = shape_embeddings(
+            result.vectors, dimensions=job.dimensions, normalize=job.normalize
+        )
+        await publisher.embedded(vectors, result.n_prompt_tokens, time.perf_counter_ns() - started)
+        return "stop"
+
+    async def _generate(self, job: GenerateJob, publisher: Publisher) -> str:
+        advert = next((m for m in self._engine.models() if m.name == job.model), None)
+        post = Postprocessor.for_job(job, advert)
+        outputs = self._engine.generate(job)
+        try:
+            async for output in outputs:
+                chunks = post.finish() if isinstance(output, Finish) else post.feed(output)
+                for chunk in chunks:
+                    if not await _send(publisher, chunk):
+                        return "cancelled"  # nobody listens any more: the client went away
+                if isinstance(output, Finish):
+                    await publisher.done(output)
+                    return output.done_reason
+        finally:
+            await outputs.aclose()  # type: ignore[attr-defined]
+        raise EngineFailure("the engine ended the generation without finishing it")
+
+
+async def _send(publisher: Publisher, chunk: Chunk) -> bool:
+    receivers = await publisher.token(
+        chunk.text, thinking=chunk.thinking, tool_calls=chunk.tool_calls, logprobs=chunk.logprobs
+    )
+    return receivers > 0

@@ -1,0 +1,266 @@
+"""Which models are resident on this worker, and for how long (Ollama's scheduler, per worker).
+
+- A job ``use``s its model: if it is not loaded, or loaded with other load-time options
+  (``job.load``), it is loaded first. Loads and unloads run one at a time (a lock), so
+  concurrent jobs of a model wait for its one load; a job of a loaded model never waits.
+- At most ``max_loaded`` models stay resident. To make room, the idle model whose expiry
+  comes first is unloaded; a busy one never is: the loader waits until one goes idle, and
+  the model to go (the one with the shortest keep_alive) takes no new jobs meanwhile, so a
+  steady stream of them cannot starve the load.
+- keep_alive: every model has a session duration, set by each job that gives one (a job
+  that gives none keeps the current one; a fresh load starts from the default). When the
+  last job ends the model expires after that duration: 0 unloads at once, ``FOREVER``
+  never. ``expire`` (the control stream's unload) sets it to 0.
+- Models the engine preloaded in ``start`` are adopted with the default keep_alive, like a
+  model a request without ``keep_alive`` loaded: the default model unloads when idle that
+  long, and loads again on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from shared.durations import FOREVER
+from shared.messages import LoadedModel, LoadOptions
+from worker.engine import Engine
+
+log = structlog.get_logger()
+
+#: What Ollama shows as the expiry of a model kept forever (``math.MaxInt64`` ns ahead).
+FOREVER_AHEAD = timedelta(microseconds=(2**63 - 1) // 1000)
+
+
+def session_seconds(wire: float | None) -> float | None:
+    """A job's ``keep_alive_s`` in seconds: negative on the wire means ``FOREVER``."""
+    if wire is None:
+        return None
+    return FOREVER if wire < 0 else wire
+
+
+@dataclass(eq=False)
+class _Resident:
+    name: str
+    options: LoadOptions
+    duration: float
+    busy: int = 0
+    idle_since: float = field(default_factory=time.time)
+    #: Bumped whenever a job attaches: a pending expiry of an older idle period is void.
+    epoch: int = 0
+    #: Chosen to make room (or to reload): new jobs wait for the lock instead of attaching.
+    closing: bool = False
+    timer: asyncio.TimerHandle | None = None
+
+    def expiry(self, now: float) -> float:
+        """Unix time this model unloads (now + duration while busy); inf for forever."""
+        return (now if self.busy else self.idle_since) + max(0.0, self.duration)
+
+
+class Residency:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_loaded: int,
+        default_keep_alive_s: float,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._engine = engine
+        self._max = max_loaded
+        self._default = default_keep_alive_s
+        self._on_change = on_change
+        self._models: dict[str, _Resident] = {}
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def adopt_preloaded(self) -> None:
+        """Take over what ``engine.start`` loaded, as loaded with the default keep_alive."""
+        for model in self._engine.loaded():
+            if model.name not in self._models:
+                entry = _Resident(model.name, LoadOptions(), self._default)
+                self._models[model.name] = entry
+                self._schedule_expiry(entry)
+
+    @contextlib.asynccontextmanager
+    async def use(
+        self, name: str, options: LoadOptions, keep_alive_s: float | None = None
+    ) -> AsyncIterator[None]:
+        """Hold ``name`` loaded (with ``options``) for the body; ``keep_alive_s`` as on the
+        wire (None: unchanged; negative: forever)."""
+        duration = session_seconds(keep_alive_s)
+        entry = self._models.get(name)
+        if entry is not None and not entry.closing and entry.options == options:
+            self._attach(entry, duration)
+        else:
+            entry = await self._load(name, options, duration)
+        try:
+            yield
+        finally:
+            self._release(entry)
+
+    def expire(self, name: str) -> None:
+        """Unload ``name`` once idle (now, if it is), like a request with keep_alive 0."""
+        entry = self._models.get(name)
+        if entry is not None:
+            entry.duration = 0.0
+            if not entry.busy:
+                self._schedule_expiry(entry)
+
+    def loaded(self) -> list[LoadedModel]:
+        """The resident models for the advert (/api/ps), with expiry and busy count."""
+        now = time.time()
+        engine_view = {m.name: m for m in self._engine.loaded()}
+        adverts = {m.name: m for m in self._engine.models()}
+        listed = []
+        for entry in self._models.values():
+            base = engine_view.get(entry.name)
+            if base is None:
+                advert = adverts.get(entry.name)
+                base = LoadedModel(
+                    name=entry.name,
+                    size_bytes=advert.size_bytes if advert else 0,
+                    context_length=entry.options.num_ctx
+                    or (advert.context_length if advert else 0),
+                    expires_at="",
+                )
+            listed.append(
+                base.model_copy(
+                    update={"expires_at": _rfc3339(entry.expiry(now)), "busy": entry.busy}
+                )
+            )
+        return listed
+
+    def resident(self) -> list[str]:
+        return list(self._models)
+
+    async def close(self) -> None:
+        for entry in self._models.values():
+            if entry.timer is not None:
+                entry.timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- jobs attach and release -------------------------------------------------------
+
+    def _attach(self, entry: _Resident, duration: float | None) -> None:
+        entry.busy += 1
+        entry.epoch += 1
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+        if duration is not None:
+            entry.duration = duration
+
+    def _release(self, entry: _Resident) -> None:
+        entry.busy -= 1
+        if entry.busy == 0:
+            entry.idle_since = time.time()
+            if self._models.get(entry.name) is entry:
+                self._schedule_expiry(entry)
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _schedule_expiry(self, entry: _Resident) -> None:
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+        epoch = entry.epoch
+        if entry.duration <= 0:
+            self._spawn(self._expire(entry, epoch))
+        elif not math.isinf(entry.duration):
+            entry.timer = asyncio.get_running_loop().call_later(
+                entry.duration, lambda: self._spawn(self._expire(entry, epoch))
+            )
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _expire(self, entry: _Resident, epoch: int) -> None:
+        async with self._lock:
+            # a job may have come (and gone) while this waited: then it is not expired
+            if self._models.get(entry.name) is entry and not entry.busy and entry.epoch == epoch:
+                await self._unload(entry, reason="expired")
+
+    # -- loading and eviction (under the lock) -----------------------------------------
+
+    async def _load(self, name: str, options: LoadOptions, duration: float | None) -> _Resident:
+        async with self._lock:
+            while True:
+                changed = self._changed  # taken before the checks: no wake-up is lost
+                entry = self._models.get(name)
+                if entry is not None and entry.options == options:
+                    break  # loaded meanwhile (by the job ahead of this one)
+                if entry is not None:  # other load-time options: reload once it is idle
+                    if not entry.busy:
+                        await self._unload(entry, reason="reload")
+                        continue
+                    entry.closing = True
+                elif len(self._models) >= self._max:
+                    if await self._evict_one():
+                        continue
+                else:
+                    entry = None
+                    break
+                await changed.wait()
+            for other in self._models.values():
+                other.closing = False
+            if entry is None:
+                started = time.perf_counter()
+                await self._engine.load(name, options)
+                entry = _Resident(name, options, self._default)
+                self._models[name] = entry
+                log.info(
+                    "model_loaded", model=name, seconds=round(time.perf_counter() - started, 3)
+                )
+                self._on_change()
+            self._attach(entry, duration)
+            return entry
+
+    async def _evict_one(self) -> bool:
+        """Unload the idle model expiring first; False (and one marked closing) if none is idle."""
+        now = time.time()
+        idle = [e for e in self._models.values() if not e.busy]
+        if idle:
+            victim = min(idle, key=lambda e: (e.expiry(now), e.name))
+            await self._unload(victim, reason="evicted")
+            return True
+        # all busy: the one with the shortest session takes no new jobs until it drains
+        shortest = min(self._models.values(), key=lambda e: (e.duration, e.name))
+        shortest.closing = True
+        return False
+
+    async def _unload(self, entry: _Resident, *, reason: str) -> None:
+        del self._models[entry.name]
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+        try:
+            await self._engine.unload(entry.name)
+        except Exception:  # the model is gone from our books either way
+            log.exception("model_unload_failed", model=entry.name)
+        log.info("model_unloaded", model=entry.name, reason=reason)
+        self._on_change()
+        self._notify()
+
+
+def _rfc3339(unix: float) -> str:
+    """Server-local time with its offset, as Ollama writes ``expires_at``."""
+    now = datetime.now().astimezone()
+    if unix - now.timestamp() >= FOREVER_AHEAD.total_seconds():
+        return (now + FOREVER_AHEAD).isoformat()
+    return datetime.fromtimestamp(unix).astimezone().isoformat()
