@@ -1,26 +1,25 @@
 """From a validated chat or generate request to Ollama response objects.
 
-Both routes share this: build the job, dispatch it, turn its events into Ollama's chunks
+Both routes share this: run the call's job, turn its events into Ollama's chunks
 (streamed) or one object (``stream: false``), and log one line per request.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from api import ollama
+from api import jobs, ollama
 from api.dispatch import Dispatcher
 from api.streaming import ndjson_response, unless_disconnected
 from shared.errors import HerdError
-from shared.messages import ChatMessage, DoneEvent, GenerateJob, SamplingOptions, StartedEvent
+from shared.messages import DoneEvent, GenerateJob, Logprob, StartedEvent, TokenEvent, ToolCall
 
 log = structlog.get_logger()
 
@@ -31,26 +30,60 @@ class Call:
 
     kind: Literal["chat", "generate"]
     model: str  # as the client sent it (echoed back)
-    name: str  # normalised (the stream's key)
-    options: SamplingOptions
-    messages: list[ChatMessage]
-    prompt: str = ""
-    system: str | None = None
-    raw: bool = False
-    context: list[int] | None = None
+    name: str  # the served model (its stream's key)
+    #: The job to run, without id and times (``jobs.stamped`` adds them per run).
+    job: GenerateJob
 
-    def chunk(self, text: str) -> dict[str, Any]:
-        if self.kind == "chat":
-            return ollama.chat_chunk(self.model, text)
-        return ollama.generate_chunk(self.model, text)
+    def chunk(
+        self,
+        text: str,
+        *,
+        thinking: str = "",
+        calls: list[ToolCall] | None = None,
+        probs: list[Logprob] | None = None,
+    ) -> dict[str, Any]:
+        render = ollama.chat_chunk if self.kind == "chat" else ollama.generate_chunk
+        return render(self.model, text, thinking=thinking, calls=calls, probs=probs)
 
-    def final(self, text: str, done: DoneEvent, *, total_ns: int, load_ns: int) -> dict[str, Any]:
-        body = self.chunk(text)
+    def final(
+        self, answer: _Answer, done: DoneEvent, *, total_ns: int, load_ns: int
+    ) -> dict[str, Any]:
+        body = self.chunk(
+            answer.text(), thinking=answer.thinking(), calls=answer.calls, probs=answer.probs
+        )
+        probs = body.pop("logprobs", None)
+        calls = body.pop("tool_calls", None)  # generate: after the metrics, as Ollama orders
         body.update(done=True, done_reason=done.done_reason)
-        if self.kind == "generate" and not self.raw and done.context is not None:
+        if self.kind == "generate" and not self.job.raw and done.context is not None:
             body["context"] = done.context
         body.update(ollama.metrics(done, total_ns=total_ns, load_ns=load_ns))
+        if calls:
+            body["tool_calls"] = calls
+        if probs:
+            body["logprobs"] = probs
         return body
+
+
+@dataclass
+class _Answer:
+    """What a ``stream: false`` answer accumulates over the chunks."""
+
+    texts: list[str] = field(default_factory=list)
+    thoughts: list[str] = field(default_factory=list)
+    calls: list[ToolCall] = field(default_factory=list)
+    probs: list[Logprob] = field(default_factory=list)
+
+    def add(self, event: TokenEvent) -> None:
+        self.texts.append(event.text)
+        self.thoughts.append(event.thinking)
+        self.calls.extend(event.tool_calls or [])
+        self.probs.extend(event.logprobs or [])
+
+    def text(self) -> str:
+        return "".join(self.texts)
+
+    def thinking(self) -> str:
+        return "".join(self.thoughts)
 
 
 def objects(
@@ -59,26 +92,7 @@ def objects(
     """Run ``call``; its answer as native Ollama objects: the streamed chunks, or (with
     ``aggregate``) the one ``stream: false`` object. Errors before the first object raise
     ``HerdError``; the /v1 layer translates these same objects."""
-    return _objects(dispatcher, call, _job(call, queue_timeout_s), aggregate=aggregate)
-
-
-def _job(call: Call, queue_timeout_s: float) -> GenerateJob:
-    now_ms = int(time.time() * 1000)
-    job = GenerateJob(
-        request_id=uuid.uuid4().hex,
-        model=call.name,
-        kind=call.kind,
-        messages=call.messages,
-        prompt=call.prompt,
-        system=call.system,
-        raw=call.raw,
-        context=call.context,
-        options=call.options,
-        enqueued_at_ms=now_ms,
-        deadline_ms=now_ms + int(queue_timeout_s * 1000),
-    )
-    structlog.contextvars.bind_contextvars(request_id=job.request_id, model=call.name)
-    return job
+    return _objects(dispatcher, call, jobs.stamped(call.job, queue_timeout_s), aggregate=aggregate)
 
 
 async def respond(
@@ -92,28 +106,38 @@ async def respond(
     return JSONResponse(final)
 
 
+def _carries_something(event: TokenEvent) -> bool:
+    return bool(event.text or event.thinking or event.tool_calls or event.logprobs)
+
+
 async def _objects(
     dispatcher: Dispatcher, call: Call, job: GenerateJob, *, aggregate: bool
 ) -> AsyncGenerator[dict[str, Any]]:
     started = time.perf_counter_ns()
     load_ns, n_chunks, outcome, worker = 0, 0, "cancelled", ""
-    texts: list[str] = []
+    answer = _Answer()
     try:
         async with dispatcher.submit(job) as events:
             async for event in events:
                 if isinstance(event, StartedEvent):
-                    load_ns, worker = time.perf_counter_ns() - started, event.worker_id
+                    load_ns, worker = jobs.load_time(started, event), event.worker_id
                 elif isinstance(event, DoneEvent):
                     outcome = event.done_reason
                     total_ns = time.perf_counter_ns() - started
-                    text = "".join(texts) if aggregate else ""
-                    yield call.final(text, event, total_ns=total_ns, load_ns=load_ns)
-                elif event.text:
+                    if not aggregate:
+                        answer = _Answer()
+                    yield call.final(answer, event, total_ns=total_ns, load_ns=load_ns)
+                elif _carries_something(event):
                     n_chunks += 1
                     if aggregate:
-                        texts.append(event.text)
+                        answer.add(event)
                     else:
-                        yield call.chunk(event.text)
+                        yield call.chunk(
+                            event.text,
+                            thinking=event.thinking,
+                            calls=event.tool_calls,
+                            probs=event.logprobs,
+                        )
     except HerdError as exc:
         outcome = exc.error_type.value
         raise

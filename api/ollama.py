@@ -1,18 +1,29 @@
 """Ollama's wire shapes: request bodies in, response objects out.
 
 This is the only module that knows Ollama's field names (``eval_count``, durations in
-nanoseconds, ``done_reason``); everything else speaks ``shared.messages``.
+nanoseconds, ``done_reason``); everything else speaks ``shared.messages``. Fields that
+Ollama checks with its own texts (``options``, ``think``, ``format``, ``keep_alive``,
+images) are typed loosely here and checked in ``api.options``.
 """
 
 from __future__ import annotations
 
+import random
+import string
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from shared.errors import InvalidRequest
-from shared.messages import ChatMessage, DoneEvent, SamplingOptions
+from shared.messages import (
+    ChatMessage,
+    DoneEvent,
+    Logprob,
+    ToolCall,
+    ToolCallFunction,
+)
 
 
 class _Request(BaseModel):
@@ -20,11 +31,15 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = ""
-    stream: bool | None = None
+    stream: StrictBool | None = None
     format: Any = None
     options: dict[str, Any] | None = None
-    keep_alive: float | str | None = None
-    think: bool | str | None = None
+    keep_alive: Any = None
+    think: Any = None
+    truncate: StrictBool | None = None
+    shift: StrictBool | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = None
 
     @property
     def streaming(self) -> bool:
@@ -33,67 +48,75 @@ class _Request(BaseModel):
 
 
 class GenerateRequest(_Request):
-    prompt: str = ""
-    suffix: str = ""
+    prompt: str | None = None
+    suffix: str | None = None
     system: str | None = None
     template: str | None = None
-    context: list[int] | None = None
-    raw: bool = False
+    context: list[StrictInt] | None = None
+    raw: StrictBool | None = None
     images: list[str] | None = None
+
+
+class RequestFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    index: StrictInt | None = None
+    name: str | None = None
+    arguments: Any = None
+
+
+class RequestToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    function: RequestFunction = Field(default_factory=RequestFunction)
+
+    def wire(self) -> ToolCall:
+        arguments = self.function.arguments
+        if isinstance(arguments, str):  # tolerated: some clients send the JSON text
+            try:
+                arguments = orjson.loads(arguments) if arguments.strip() else {}
+            except orjson.JSONDecodeError:
+                arguments = None
+        if arguments is not None and not isinstance(arguments, dict):
+            raise InvalidRequest("tool call arguments must be a JSON object")
+        function = ToolCallFunction(
+            name=self.function.name or "",
+            arguments=arguments or {},
+            index=self.function.index or 0,
+        )
+        return ToolCall(id=self.id or "", function=function)
 
 
 class ChatRequestMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: str
-    content: str = ""
+    role: str | None = None
+    content: str | None = None
+    thinking: str | None = None
     images: list[str] | None = None
+    tool_calls: list[RequestToolCall] | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+
+    def wire(self) -> ChatMessage:
+        return ChatMessage(
+            role=(self.role or "").lower(),  # Ollama lowercases roles on input
+            content=self.content or "",
+            images=self.images or None,
+            thinking=self.thinking or None,
+            tool_calls=[call.wire() for call in self.tool_calls] if self.tool_calls else None,
+            tool_name=self.tool_name or None,
+            tool_call_id=self.tool_call_id or None,
+        )
 
 
 class ChatRequest(_Request):
-    messages: list[ChatRequestMessage] = Field(default_factory=list)
+    messages: list[ChatRequestMessage] | None = None
     tools: list[dict[str, Any]] | None = None
 
     def wire_messages(self) -> list[ChatMessage]:
-        return [
-            ChatMessage(role=m.role.lower(), content=m.content, images=m.images)
-            for m in self.messages
-        ]
-
-
-# numeric options passed to llama.cpp -> Ollama's type name, for the error text
-_OPTION_TYPES: dict[str, str] = {
-    "temperature": "float32",
-    "top_p": "float32",
-    "min_p": "float32",
-    "repeat_penalty": "float32",
-    "top_k": "int",
-    "seed": "int",
-    "num_predict": "int",
-}
-_INT_OPTIONS = {"top_k", "seed", "num_predict"}
-
-
-def sampling_options(options: dict[str, Any] | None) -> SamplingOptions:
-    """Ollama's ``Options.FromMap``: known keys type-checked, unknown keys ignored."""
-    if not options:
-        return SamplingOptions()
-    values: dict[str, Any] = {}
-    for key, value in options.items():
-        if value is None:
-            continue
-        if key == "stop":
-            if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-                raise InvalidRequest('option "stop" must be of type []string')
-            values["stop"] = value
-            continue
-        type_name = _OPTION_TYPES.get(key)
-        if type_name is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InvalidRequest(f'option "{key}" must be of type {type_name}')
-        values[key] = int(value) if key in _INT_OPTIONS else float(value)
-    return SamplingOptions(**values)
+        return [m.wire() for m in self.messages or []]
 
 
 def timestamp(moment: datetime | None = None) -> str:
@@ -116,17 +139,74 @@ def metrics(done: DoneEvent, *, total_ns: int, load_ns: int) -> dict[str, int]:
     return {key: value for key, value in fields.items() if value}
 
 
-def generate_chunk(model: str, text: str) -> dict[str, Any]:
-    return {"model": model, "created_at": timestamp(), "response": text, "done": False}
+_ID_CHARS = string.ascii_lowercase + string.digits
 
 
-def chat_chunk(model: str, text: str) -> dict[str, Any]:
-    return {
+def tool_call_id() -> str:
+    """``call_`` and 8 random characters, as Ollama names a tool call without an id."""
+    return "call_" + "".join(random.choices(_ID_CHARS, k=8))
+
+
+def tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
+    """Tool calls in Ollama's order of fields; ``arguments`` stays an object."""
+    return [
+        {
+            "id": call.id or tool_call_id(),
+            "function": {
+                "index": call.function.index,
+                "name": call.function.name,
+                "arguments": call.function.arguments,
+            },
+        }
+        for call in calls
+    ]
+
+
+def logprobs(entries: list[Logprob]) -> list[dict[str, Any]]:
+    return [entry.model_dump(exclude_none=True) for entry in entries]
+
+
+def generate_chunk(
+    model: str,
+    text: str,
+    *,
+    thinking: str = "",
+    calls: list[ToolCall] | None = None,
+    probs: list[Logprob] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "created_at": timestamp(), "response": text}
+    if thinking:
+        body["thinking"] = thinking
+    body["done"] = False
+    if calls:
+        body["tool_calls"] = tool_calls(calls)
+    if probs:
+        body["logprobs"] = logprobs(probs)
+    return body
+
+
+def chat_chunk(
+    model: str,
+    text: str,
+    *,
+    thinking: str = "",
+    calls: list[ToolCall] | None = None,
+    probs: list[Logprob] | None = None,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if thinking:
+        message["thinking"] = thinking
+    if calls:
+        message["tool_calls"] = tool_calls(calls)
+    body: dict[str, Any] = {
         "model": model,
         "created_at": timestamp(),
-        "message": {"role": "assistant", "content": text},
+        "message": message,
         "done": False,
     }
+    if probs:
+        body["logprobs"] = logprobs(probs)
+    return body
 
 
 def control_response(model: str, *, chat: bool, reason: str) -> dict[str, Any]:

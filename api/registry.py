@@ -58,5 +58,13 @@ class Registry:
             model = (await self.models(fresh=True)).get(name)
         return model
 
+    async def holders(self, name: str) -> list[str]:
+        """Live workers that have ``name`` loaded now."""
+        return [
+            worker.worker_id
+            for worker in await self.workers(fresh=True)
+            if any(loaded.name == name for loaded in worker.loaded)
+        ]
+
     async def is_alive(self, worker_id: str) -> bool:
         return bool(await self._client.exists(keys.worker_key(worker_id)))

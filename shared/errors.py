@@ -8,6 +8,7 @@
     ├── Unavailable                503  (no worker, queue full, worker lost)
     ├── QueueTimeout               503
     ├── Cancelled                  499
+    ├── PayloadTooLarge            413
     └── EngineFailure              500
 
 A worker turns a raised ``HerdError`` into an ``ErrorEvent``; the API turns the event back
@@ -25,6 +26,7 @@ class ErrorType(StrEnum):
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
+    TOO_LARGE = "too_large"
     INTERNAL = "internal"
 
 
@@ -34,6 +36,7 @@ STATUS: dict[ErrorType, int] = {
     ErrorType.UNAVAILABLE: 503,
     ErrorType.TIMEOUT: 503,
     ErrorType.CANCELLED: 499,
+    ErrorType.TOO_LARGE: 413,
     ErrorType.INTERNAL: 500,
 }
 
@@ -59,6 +62,7 @@ class ModelNotFound(HerdError):
 
     @classmethod
     def named(cls, name: str) -> ModelNotFound:
+        """The text of generate, chat, show and delete (``model 'x' not found``)."""
         return cls(f"model '{name}' not found")
 
 
@@ -74,13 +78,25 @@ class Cancelled(HerdError):
     error_type = ErrorType.CANCELLED
 
 
+class PayloadTooLarge(HerdError):
+    error_type = ErrorType.TOO_LARGE
+
+
 class EngineFailure(HerdError):
     error_type = ErrorType.INTERNAL
 
 
 _BY_TYPE: dict[ErrorType, type[HerdError]] = {
     cls.error_type: cls
-    for cls in (InvalidRequest, ModelNotFound, Unavailable, QueueTimeout, Cancelled, EngineFailure)
+    for cls in (
+        InvalidRequest,
+        ModelNotFound,
+        Unavailable,
+        QueueTimeout,
+        Cancelled,
+        PayloadTooLarge,
+        EngineFailure,
+    )
 }
 
 
@@ -95,3 +111,5 @@ WORKER_LOST = (
     "model runner has unexpectedly stopped, this may be due to resource limitations "
     "or an internal error, check ollama server logs for details"
 )
+MODEL_REQUIRED = "model is required"
+BODY_TOO_LARGE = "request body too large"

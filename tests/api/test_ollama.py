@@ -3,10 +3,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-import pytest
-
 from api import ollama
-from shared.errors import InvalidRequest
 from shared.messages import DoneEvent
 
 
@@ -33,30 +30,6 @@ def test_metrics_leave_out_zero_values() -> None:
         "prompt_eval_count": 7,
         "prompt_eval_duration": 10,
     }
-
-
-def test_sampling_options_pass_known_keys_and_ignore_unknown() -> None:
-    options = ollama.sampling_options(
-        {"temperature": 0, "top_k": 5.0, "stop": ["\n"], "num_predict": 3, "numa": True}
-    )
-    assert options.temperature == 0.0
-    assert options.top_k == 5
-    assert options.stop == ["\n"]
-    assert options.num_predict == 3
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({"temperature": "hot"}, 'option "temperature" must be of type float32'),
-        ({"top_k": True}, 'option "top_k" must be of type int'),
-        ({"stop": "x"}, 'option "stop" must be of type []string'),
-    ],
-)
-def test_sampling_options_reject_wrong_types(options: dict[str, object], message: str) -> None:
-    with pytest.raises(InvalidRequest) as info:
-        ollama.sampling_options(options)
-    assert info.value.message == message
 
 
 def test_chat_and_generate_chunks_have_ollamas_shape() -> None:

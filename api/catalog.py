@@ -1,0 +1,102 @@
+"""The model catalog: the names clients see, over the models the workers serve.
+
+Workers advertise the models they can serve; the catalog, shared by every API pod in
+Redis, adds two things Ollama clients expect to be able to do:
+
+- ``/api/copy`` makes an alias (hash ``keys.CATALOG_ALIASES``: alias -> served name). A
+  request for the alias runs on the served model's stream; the alias is independent of
+  its source afterwards (deleting the source leaves it working), as a copied manifest is.
+- ``/api/delete`` removes an alias, or hides a served model (set ``keys.CATALOG_DELETED``):
+  it leaves ``/api/tags`` and ``/api/show``, and requests for it get 404. Copying onto a
+  hidden name brings it back.
+
+Model files are never deleted: they belong to the workers' model stores, which the API
+does not manage; a hidden model still occupies its disk and may stay loaded until it
+expires. Every route resolves names here, so all pods agree at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends
+from redis.asyncio import Redis
+
+from api.registry import Registry
+from api.state import StateDep
+from shared import keys
+from shared.messages import ModelAdvert
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A name the catalog lists and the served model behind it."""
+
+    name: str
+    advert: ModelAdvert
+
+
+class Catalog:
+    def __init__(self, client: Redis, registry: Registry) -> None:
+        self._client = client
+        self._registry = registry
+
+    async def resolve(self, name: str) -> ModelAdvert | None:
+        """The served model a normalised name stands for; None if it names nothing."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.hget(keys.CATALOG_ALIASES, name)
+            pipe.sismember(keys.CATALOG_DELETED, name)
+            target, deleted = await pipe.execute()
+        if target is not None:
+            return await self._registry.find(target.decode())
+        if deleted:
+            return None
+        return await self._registry.find(name)
+
+    async def entries(self) -> list[Entry]:
+        """Every name a client can use: served models not deleted, and live aliases."""
+        served = await self._registry.models(fresh=True)
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.CATALOG_ALIASES)
+            pipe.smembers(keys.CATALOG_DELETED)
+            raw_aliases, raw_deleted = await pipe.execute()
+        aliases = {k.decode(): v.decode() for k, v in raw_aliases.items()}
+        hidden = {name.decode() for name in raw_deleted} | set(aliases)
+        found = [Entry(name, advert) for name, advert in served.items() if name not in hidden]
+        found += [
+            Entry(alias, served[target]) for alias, target in aliases.items() if target in served
+        ]
+        return found
+
+    async def copy(self, source: str, destination: str) -> bool:
+        """Make ``destination`` name what ``source`` names; False if ``source`` names nothing."""
+        advert = await self.resolve(source)
+        if advert is None:
+            return False
+        async with self._client.pipeline(transaction=True) as pipe:
+            if destination == advert.name:  # copying a model onto its own served name
+                pipe.hdel(keys.CATALOG_ALIASES, destination)
+            else:
+                pipe.hset(keys.CATALOG_ALIASES, destination, advert.name)
+            pipe.srem(keys.CATALOG_DELETED, destination)
+            await pipe.execute()
+        return True
+
+    async def delete(self, name: str) -> bool:
+        """Make ``name`` name nothing; False if it named nothing already."""
+        served = await self._registry.find(name) is not None
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.hdel(keys.CATALOG_ALIASES, name)
+            if served:  # a served model of that name (perhaps shadowed by the alias) goes too
+                pipe.sadd(keys.CATALOG_DELETED, name)
+            changes = await pipe.execute()
+        return any(changes)
+
+
+def get_catalog(state: StateDep) -> Catalog:
+    # stateless over Redis and the registry's cache: cheap to build per request
+    return Catalog(state.redis, state.registry)
+
+
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
