@@ -1,0 +1,95 @@
+"""The official ``ollama`` npm package (0.6.x) under Node against a running Herd.
+
+``client.mjs`` runs chat (streamed and not), generate, list, show, embed, version and an
+unknown model, and prints what it saw as one JSON line. The package is installed once into
+``tests/clients/js/node_modules`` (git-ignored) and reused on later runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.clients.cluster import TOOLS_MODEL
+
+JS_DIR = Path(__file__).parent / "js"
+
+
+def _installed_version() -> str | None:
+    manifest = JS_DIR / "node_modules" / "ollama" / "package.json"
+    if not manifest.is_file():
+        return None
+    version: str = json.loads(manifest.read_text())["version"]
+    return version
+
+
+@pytest.fixture(scope="session")
+def node_client() -> Path:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are not installed")
+    version = _installed_version()
+    if version is None or not version.startswith("0.6."):
+        done = subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--no-package-lock"],
+            cwd=JS_DIR,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        if done.returncode != 0 or _installed_version() is None:
+            pytest.skip(f"npm could not install ollama@0.6 (registry unreachable?): {done.stderr}")
+    return JS_DIR / "client.mjs"
+
+
+@pytest.fixture(scope="module")
+def seen(node_client: Path, herd_url: str) -> dict[str, Any]:
+    done = subprocess.run(
+        ["node", str(node_client), herd_url, TOOLS_MODEL],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    # ollama-js logs with console.log on some error paths; the result is the last line
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_chat_stream_ends_with_done(seen: dict[str, Any]) -> None:
+    chat = seen["chatStream"]
+    assert "thrown" not in chat, chat
+    assert chat["count"] > 2 and chat["text"].strip()
+    assert chat["doneFlags"][-1] is True and not any(chat["doneFlags"][:-1])
+    assert chat["doneReason"] == "stop" and chat["evalCount"] > 0
+    assert chat["role"] == "assistant"
+
+
+def test_chat_and_generate_not_streamed(seen: dict[str, Any]) -> None:
+    assert seen["chat"] == {"text": seen["chatStream"]["text"], "done": True}
+    assert seen["generate"]["done"] is True and seen["generate"]["text"].strip()
+    assert seen["generate"]["doneReason"] == "stop"
+
+
+def test_list_and_show(seen: dict[str, Any]) -> None:
+    models = seen["list"]
+    assert isinstance(models, list), models
+    assert any(m["model"] == m["name"] == TOOLS_MODEL for m in models)
+    show = seen["show"]
+    assert show.get("hasModelInfo") is True, show
+    assert "tools" in (show["capabilities"] or [])
+
+
+def test_embed_and_version(seen: dict[str, Any]) -> None:
+    assert seen["embed"].get("count") == 2 and seen["embed"]["length"] > 1, seen["embed"]
+    assert isinstance(seen["version"], str) and seen["version"].split(".")[0].isdigit()
+
+
+def test_unknown_model_is_a_response_error_with_the_json_message(seen: dict[str, Any]) -> None:
+    # ollama-js reads the JSON `error` only when the Content-Type says application/json
+    for key in ("unknownModel", "unknownModelStreamed"):
+        assert seen[key] == {"thrown": "model 'nope:1b' not found", "status": 404}, key

@@ -1,0 +1,366 @@
+"""The official ``ollama`` Python client against a running Herd: every method it has for a
+local server, and the errors it raises. Fake models for shapes, gemma3:270m (``e2e``) for
+real tokens."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import ollama
+import pytest
+from pydantic import BaseModel, Field
+
+from tests.clients.cluster import EMBED_MODEL, GEMMA, PLAIN_MODEL, TOOLS_MODEL
+
+SHORT = {"num_predict": 12, "temperature": 0, "seed": 7}
+
+
+class City(BaseModel):
+    name: str = Field(max_length=24)
+    population: int
+
+
+def get_weather(city: str, unit: str = "celsius") -> str:
+    """Get the current weather in a city.
+
+    Args:
+        city: The city's name.
+        unit: celsius or fahrenheit.
+    """
+    return f"22 degrees {unit} in {city}"
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "required": ["city"],
+            "properties": {"city": {"type": "string", "description": "The city's name."}},
+        },
+    },
+}
+
+
+@pytest.fixture
+def client(herd_url: str) -> Iterator[ollama.Client]:
+    with ollama.Client(host=herd_url) as client:
+        yield client
+
+
+def _norm(vector: Sequence[float]) -> float:
+    return math.sqrt(sum(x * x for x in vector))
+
+
+# --- generate / chat -----------------------------------------------------------------------
+
+
+def test_generate_not_streamed(client: ollama.Client) -> None:
+    response = client.generate(model=TOOLS_MODEL, prompt="Say hello.")
+    assert response.done is True and response.done_reason == "stop"
+    assert response.response and response.response.strip()
+    assert response.model == TOOLS_MODEL
+    assert response.eval_count is not None and response.eval_count > 0
+
+
+def test_generate_streamed_ends_with_done(client: ollama.Client) -> None:
+    parts = list(client.generate(model=TOOLS_MODEL, prompt="Say hello.", stream=True))
+    assert len(parts) > 2
+    assert all(not p.done for p in parts[:-1]) and parts[-1].done
+    assert "".join(p.response or "" for p in parts).strip()
+
+
+def test_chat_not_streamed_and_streamed_agree(client: ollama.Client) -> None:
+    messages = [{"role": "user", "content": "Say hello."}]
+    whole = client.chat(model=TOOLS_MODEL, messages=messages)
+    parts = list(client.chat(model=TOOLS_MODEL, messages=messages, stream=True))
+    assert whole.message.role == "assistant" and whole.message.content
+    assert "".join(p.message.content or "" for p in parts) == whole.message.content
+    assert parts[-1].done and parts[-1].done_reason == whole.done_reason == "stop"
+
+
+def test_chat_with_a_python_function_as_tool_returns_a_tool_call(client: ollama.Client) -> None:
+    response = client.chat(
+        model=TOOLS_MODEL,
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[get_weather],
+    )
+    calls = response.message.tool_calls
+    assert calls, response.message
+    assert calls[0].function.name == "get_weather"
+    assert isinstance(calls[0].function.arguments, dict)
+    assert set(calls[0].function.arguments) <= {"city", "unit"}
+
+
+def test_chat_tool_calls_arrive_in_a_stream(client: ollama.Client) -> None:
+    parts = list(
+        client.chat(
+            model=TOOLS_MODEL,
+            messages=[{"role": "user", "content": "Weather in Paris?"}],
+            tools=[WEATHER_TOOL],
+            stream=True,
+        )
+    )
+    calls = [c for p in parts for c in (p.message.tool_calls or [])]
+    assert len(calls) >= 1 and calls[0].function.name == "get_weather"
+    assert isinstance(calls[0].function.arguments, dict)
+    assert parts[-1].done
+
+
+def test_chat_accepts_a_tool_round_trip(client: ollama.Client) -> None:
+    first = client.chat(
+        model=TOOLS_MODEL,
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[WEATHER_TOOL],
+    )
+    assert first.message.tool_calls
+    call = first.message.tool_calls[0]
+    history: list[Any] = [
+        {"role": "user", "content": "Weather in Paris?"},
+        first.message,
+        {"role": "tool", "content": "22 degrees", "tool_name": call.function.name},
+    ]
+    second = client.chat(model=TOOLS_MODEL, messages=history, tools=[WEATHER_TOOL])
+    assert second.done and second.message.role == "assistant"
+
+
+def test_chat_think_puts_reasoning_in_thinking(client: ollama.Client) -> None:
+    response = client.chat(
+        model=TOOLS_MODEL, messages=[{"role": "user", "content": "Why?"}], think=True
+    )
+    assert response.message.thinking and response.message.thinking.strip()
+    assert "<think>" not in (response.message.content or "")
+    assert "</think>" not in (response.message.content or "")
+    plain = client.chat(
+        model=TOOLS_MODEL, messages=[{"role": "user", "content": "Why?"}], think=False
+    )
+    assert not plain.message.thinking
+    assert "<think>" not in (plain.message.content or "")
+
+
+def test_generate_think_streams_thinking_before_the_answer(client: ollama.Client) -> None:
+    parts = list(client.generate(model=TOOLS_MODEL, prompt="Why?", think=True, stream=True))
+    thinking = "".join(p.thinking or "" for p in parts)
+    assert thinking.strip()
+    assert "<think>" not in "".join(p.response or "" for p in parts)
+
+
+def test_chat_format_json_schema_validates(client: ollama.Client) -> None:
+    response = client.chat(
+        model=TOOLS_MODEL,
+        messages=[{"role": "user", "content": "A city, as JSON."}],
+        format=City.model_json_schema(),
+    )
+    City.model_validate_json(response.message.content or "")
+
+
+def test_generate_format_json_parses(client: ollama.Client) -> None:
+    response = client.generate(model=TOOLS_MODEL, prompt="Some JSON please.", format="json")
+    assert isinstance(json.loads(response.response or ""), dict | list)
+
+
+def test_mid_stream_error_raises_response_error(client: ollama.Client) -> None:
+    with pytest.raises(ollama.ResponseError) as info:
+        for _ in client.generate(model=TOOLS_MODEL, prompt="[[fake:fail]]", stream=True):
+            pass
+    assert "fake engine failure" in info.value.error
+    assert info.value.status_code == -1  # a streamed error line, after a 200
+
+
+# --- embeddings ----------------------------------------------------------------------------
+
+
+def test_embed_vectors_are_normalised_deterministic_and_ordered(client: ollama.Client) -> None:
+    first = client.embed(model=TOOLS_MODEL, input=["the sky", "the sea"])
+    again = client.embed(model=TOOLS_MODEL, input=["the sea"])
+    assert len(first.embeddings) == 2
+    assert all(abs(_norm(v) - 1) < 1e-3 for v in first.embeddings)
+    assert first.embeddings[0] != first.embeddings[1]
+    assert again.embeddings[0] == pytest.approx(first.embeddings[1], abs=1e-6)
+    assert first.prompt_eval_count is not None and first.prompt_eval_count > 0
+
+
+def test_embed_dimensions_truncates_and_renormalises(client: ollama.Client) -> None:
+    response = client.embed(model=TOOLS_MODEL, input="the sky", dimensions=8)
+    (vector,) = response.embeddings
+    assert len(vector) == 8 and abs(_norm(vector) - 1) < 1e-3
+
+
+def test_embed_on_an_embedding_only_model(client: ollama.Client) -> None:
+    assert client.embed(model=EMBED_MODEL, input="x").embeddings[0]
+
+
+def test_legacy_embeddings(client: ollama.Client) -> None:
+    response = client.embeddings(model=TOOLS_MODEL, prompt="the sky")
+    assert len(response.embedding) > 1
+    assert client.embeddings(model=TOOLS_MODEL, prompt="").embedding == []
+
+
+# --- model management ----------------------------------------------------------------------
+
+
+def test_list_has_every_model_with_its_tag(client: ollama.Client) -> None:
+    models = {m.model: m for m in client.list().models}
+    assert {TOOLS_MODEL, PLAIN_MODEL, EMBED_MODEL} <= set(models)
+    entry = models[TOOLS_MODEL]
+    assert entry.modified_at is not None and entry.details is not None
+    assert entry.size is not None and entry.digest
+
+
+def test_show_has_model_info_and_capabilities(client: ollama.Client) -> None:
+    shown = client.show(TOOLS_MODEL)
+    assert isinstance(shown.modelinfo, dict)  # the key is required by the client
+    assert shown.capabilities is not None
+    assert {"completion", "tools", "thinking"} <= set(shown.capabilities)
+    assert shown.details is not None
+    plain = client.show("fake-plain")  # tag added by the server
+    assert plain.capabilities == ["completion"]
+
+
+def test_ps_lists_a_loaded_model_until_it_is_unloaded(client: ollama.Client) -> None:
+    loaded = client.generate(model=PLAIN_MODEL, keep_alive="10m")
+    assert loaded.done and loaded.done_reason == "load"
+    running = {m.model: m for m in client.ps().models}
+    assert PLAIN_MODEL in running
+    expires = running[PLAIN_MODEL].expires_at
+    assert expires is not None
+    left = expires - datetime.now(UTC)
+    assert timedelta(minutes=9) < left <= timedelta(minutes=10, seconds=5)
+    assert running[PLAIN_MODEL].size is not None
+
+    unloaded = client.generate(model=PLAIN_MODEL, keep_alive=0)
+    assert unloaded.done_reason == "unload"
+    deadline = time.monotonic() + 5
+    while PLAIN_MODEL in {m.model for m in client.ps().models}:
+        assert time.monotonic() < deadline, "still listed by /api/ps 5 s after unload"
+        time.sleep(0.1)
+
+
+def test_copy_serves_the_copy_and_delete_removes_it(client: ollama.Client) -> None:
+    copy = f"copy-{uuid.uuid4().hex[:8]}"
+    assert client.copy(TOOLS_MODEL, copy).status == "success"
+    assert f"{copy}:latest" in {m.model for m in client.list().models}
+    assert client.show(copy).capabilities == client.show(TOOLS_MODEL).capabilities
+    assert client.generate(model=copy, prompt="hi").response
+    assert client.delete(copy).status == "success"
+    with pytest.raises(ollama.ResponseError) as info:
+        client.show(copy)
+    assert info.value.status_code == 404
+    assert f"{copy}:latest" not in {m.model for m in client.list().models}
+
+
+def test_version_is_dotted_numeric(client: ollama.Client) -> None:
+    # ollama-python has no version(); use its own HTTP client (same headers, same base URL)
+    response = client._client.get("/api/version")
+    assert response.status_code == 200
+    major, minor, *_ = response.json()["version"].split("-")[0].split(".")
+    assert major.isdigit() and minor.isdigit()
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.chat(model="nope:1b", messages=[{"role": "user", "content": "x"}]),
+        lambda c: c.generate(model="nope:1b", prompt="x"),
+        lambda c: c.show("nope:1b"),
+        lambda c: c.embed(model="nope:1b", input="x"),
+        lambda c: c.embeddings(model="nope:1b", prompt="x"),
+        lambda c: c.delete("nope:1b"),
+        lambda c: c.copy("nope:1b", "other"),
+    ],
+    ids=["chat", "generate", "show", "embed", "embeddings", "delete", "copy"],
+)
+def test_unknown_model_raises_404(client: ollama.Client, call: object) -> None:
+    assert callable(call)
+    with pytest.raises(ollama.ResponseError) as info:
+        call(client)
+    assert info.value.status_code == 404
+    assert "nope" in info.value.error
+
+
+def test_tools_on_a_model_without_tools_raises_400(client: ollama.Client) -> None:
+    with pytest.raises(ollama.ResponseError) as info:
+        client.chat(
+            model=PLAIN_MODEL, messages=[{"role": "user", "content": "x"}], tools=[WEATHER_TOOL]
+        )
+    assert info.value.status_code == 400
+    assert info.value.error == f"registry.ollama.ai/library/{PLAIN_MODEL} does not support tools"
+
+
+def test_chat_on_an_embedding_model_raises_400(client: ollama.Client) -> None:
+    with pytest.raises(ollama.ResponseError) as info:
+        client.chat(model="fake-embed", messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 400
+    assert info.value.error == '"fake-embed" does not support chat'
+
+
+# --- the real model ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gemma(gemma_url: str) -> Iterator[ollama.Client]:
+    with ollama.Client(host=gemma_url) as client:
+        yield client
+
+
+@pytest.mark.e2e
+def test_gemma_generate_and_chat_real_tokens(gemma: ollama.Client) -> None:
+    generated = gemma.generate(model=GEMMA, prompt="The sky is", options=SHORT)
+    assert (generated.response or "").strip() and generated.context
+    assert generated.eval_count is not None and 0 < generated.eval_count <= 12
+    parts = list(
+        gemma.chat(
+            model=GEMMA,
+            messages=[{"role": "user", "content": "Name a colour."}],
+            options=SHORT,
+            stream=True,
+        )
+    )
+    assert "".join(p.message.content or "" for p in parts).strip()
+    assert parts[-1].done and parts[-1].done_reason in ("stop", "length")
+
+
+@pytest.mark.e2e
+def test_gemma_format_schema_output_validates(gemma: ollama.Client) -> None:
+    response = gemma.chat(
+        model=GEMMA,
+        messages=[{"role": "user", "content": "Give me a city and its population as JSON."}],
+        format=City.model_json_schema(),
+        options={"num_predict": 80, "temperature": 0, "seed": 7},
+    )
+    assert response.done_reason == "stop", response.message.content
+    City.model_validate_json(response.message.content or "")
+
+
+@pytest.mark.e2e
+def test_gemma_embed_real_vectors(gemma: ollama.Client) -> None:
+    response = gemma.embed(model=GEMMA, input=["cat", "stock market", "cat"])
+    cat, market, cat_again = response.embeddings
+    assert len(cat) == 640  # gemma3:270m's embedding length
+    assert all(abs(_norm(v) - 1) < 1e-3 for v in response.embeddings)
+    assert cat == pytest.approx(cat_again, abs=1e-5) and cat != market
+    assert response.prompt_eval_count is not None and response.prompt_eval_count >= 3
+
+
+@pytest.mark.e2e
+def test_gemma_refuses_tools_and_thinking(gemma: ollama.Client) -> None:
+    message = [{"role": "user", "content": "x"}]
+    with pytest.raises(ollama.ResponseError) as info:
+        gemma.chat(model=GEMMA, messages=message, tools=[WEATHER_TOOL])
+    assert info.value.status_code == 400
+    assert info.value.error == f"registry.ollama.ai/library/{GEMMA} does not support tools"
+    with pytest.raises(ollama.ResponseError) as info:
+        gemma.chat(model=GEMMA, messages=message, think=True)
+    assert info.value.status_code == 400
+    assert info.value.error == f'"{GEMMA}" does not support thinking'
