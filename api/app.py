@@ -7,11 +7,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors
+from api import errors, http
 from api.dispatch import Dispatcher
 from api.registry import Registry
 from api.router import TokenRouter
-from api.routes import health, inference, models
+from api.routes import catalog, embed, health, inference, models, ps, show
 from api.state import AppState
 from shared.redis import connect
 from shared.settings import Settings
@@ -53,7 +53,8 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     errors.install(app)
-    for module in (health, models, inference):
+    http.install(app, settings)
+    for module in (health, models, show, ps, catalog, inference, embed):
         app.include_router(module.router)
     app.include_router(__import__("api.routes.openai", fromlist=["router"]).router)
     return app

@@ -21,6 +21,7 @@ from shared.messages import (
     ChatMessage,
     DoneEvent,
     Logprob,
+    ModelAdvert,
     ToolCall,
     ToolCallFunction,
 )
@@ -126,6 +127,23 @@ def timestamp(moment: datetime | None = None) -> str:
     return f"{text}Z"
 
 
+NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+def parse_time(text: str) -> datetime:
+    """RFC 3339 with up to 9 fractional digits (Python reads 6); unknown sorts last."""
+    head, dot, rest = text.partition(".")
+    if dot:
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        rest = rest[:digits][:6] + rest[digits:]
+        text = f"{head}.{rest}"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return NEVER
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def metrics(done: DoneEvent, *, total_ns: int, load_ns: int) -> dict[str, int]:
     """The final chunk's metrics; zero values are left out (Go's omitempty)."""
     fields = {
@@ -217,4 +235,23 @@ def control_response(model: str, *, chat: bool, reason: str) -> dict[str, Any]:
     else:
         body["response"] = ""
     body.update(done=True, done_reason=reason)
+    return body
+
+
+def details(advert: ModelAdvert | None, *, lengths: bool = False) -> dict[str, Any]:
+    """``api.ModelDetails``; ``lengths`` adds the newer context and embedding lengths."""
+    if advert is None:
+        advert = ModelAdvert(name="")
+    body: dict[str, Any] = {
+        "parent_model": "",
+        "format": "gguf",
+        "family": advert.family,
+        "families": [advert.family] if advert.family else None,
+        "parameter_size": advert.parameter_size,
+        "quantization_level": advert.quantization_level,
+    }
+    if lengths and advert.context_length:
+        body["context_length"] = advert.context_length
+    if lengths and advert.embedding_length:
+        body["embedding_length"] = advert.embedding_length
     return body

@@ -1,4 +1,4 @@
-"""Model listing: what the cluster can serve, from the workers' adverts."""
+"""GET /api/tags: every model a client can name, cluster-wide, through the catalog."""
 
 from __future__ import annotations
 
@@ -6,35 +6,31 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from api import ollama
+from api.catalog import Entry, get_catalog
 from api.state import StateDep
-from shared.messages import ModelAdvert
 
 router = APIRouter()
 
 
-def _tag(model: ModelAdvert) -> dict[str, Any]:
-    return {
-        "name": model.name,
-        "model": model.name,
-        "modified_at": model.modified_at,
-        "size": model.size_bytes,
-        "digest": model.digest,
-        "details": {
-            "parent_model": "",
-            "format": "gguf",
-            "family": model.family,
-            "families": [model.family] if model.family else None,
-            "parameter_size": model.parameter_size,
-            "quantization_level": model.quantization_level,
-        },
+def _tag(entry: Entry) -> dict[str, Any]:
+    advert = entry.advert
+    body: dict[str, Any] = {
+        "name": entry.name,
+        "model": entry.name,
+        "modified_at": advert.modified_at,
+        "size": advert.size_bytes,
+        "digest": advert.digest,
+        "details": ollama.details(advert, lengths=True),
     }
+    if advert.capabilities:
+        body["capabilities"] = list(advert.capabilities)
+    return body
 
 
 @router.api_route("/api/tags", methods=["GET", "HEAD"])
 async def tags(state: StateDep) -> dict[str, list[dict[str, Any]]]:
-    models = sorted(
-        (await state.registry.models(fresh=True)).values(),
-        key=lambda m: m.modified_at,
-        reverse=True,
-    )
-    return {"models": [_tag(m) for m in models]}
+    """Newest first (the /v1 model list reuses it)."""
+    entries = sorted(await get_catalog(state).entries(), key=lambda e: e.name)
+    entries.sort(key=lambda e: ollama.parse_time(e.advert.modified_at), reverse=True)
+    return {"models": [_tag(entry) for entry in entries]}

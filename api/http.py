@@ -1,0 +1,210 @@
+"""HTTP conventions around every route, as Ollama's server applies them:
+
+- CORS (``gin-contrib/cors`` in Ollama): the configured origins plus local pages, desktop
+  app and editor webview schemes and browser extensions; the headers the Ollama and OpenAI
+  SDKs send.
+- The DNS-rebinding guard: bound to a loopback address, only requests whose ``Host`` is
+  local get through; the rest get 403 with no body.
+- A request body limit: 413 ``{"error": "request body too large"}`` before reading a body
+  that announces itself too large, or as soon as a streamed one passes the limit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Iterable
+
+import orjson
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.errors import BODY_TOO_LARGE, PayloadTooLarge
+from shared.settings import Settings
+
+LOCAL_ORIGINS = [
+    f"{scheme}://{host}{port}"
+    for host in ("localhost", "127.0.0.1", "0.0.0.0")
+    for scheme in ("http", "https")
+    for port in ("", ":*")
+] + ["app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*"]
+EXTENSION_SCHEMES = [
+    "chrome-extension",
+    "safari-extension",
+    "moz-extension",
+    "ms-browser-extension",
+]
+ALLOWED_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "User-Agent",
+    "Accept",
+    "X-Requested-With",
+    # OpenAI SDKs
+    "OpenAI-Beta",
+    "x-stainless-arch",
+    "x-stainless-async",
+    "x-stainless-custom-poll-interval",
+    "x-stainless-helper-method",
+    "x-stainless-lang",
+    "x-stainless-os",
+    "x-stainless-package-version",
+    "x-stainless-poll-helper",
+    "x-stainless-retry-count",
+    "x-stainless-runtime",
+    "x-stainless-runtime-version",
+    "x-stainless-timeout",
+]
+ALLOWED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+def origin_regex(origins: Iterable[str]) -> str:
+    """One pattern for every allowed origin; ``*`` in an origin matches anything."""
+    patterns = [re.escape(origin).replace(r"\*", ".*") for origin in [*origins, *LOCAL_ORIGINS]]
+    patterns += [f"{scheme}://.*" for scheme in EXTENSION_SCHEMES]
+    return "|".join(f"(?:{pattern})" for pattern in patterns)
+
+
+# Go's netip.Addr.IsPrivate: RFC 1918 and RFC 4193 only (Python's is_private is wider)
+_PRIVATE = [
+    ipaddress.ip_network(net) for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+] + [ipaddress.ip_network("fc00::/7")]
+_LOCAL_SUFFIXES = (".localhost", ".local", ".internal")
+
+
+def _local_addresses() -> set[str]:
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None)
+    except OSError:
+        return set()
+    return {str(info[4][0]).split("%")[0] for info in infos}
+
+
+class HostGuard:
+    """``allowedHostsMiddleware``: a page on another site must not reach a local server
+    through a DNS name it controls (DNS rebinding)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._hostname = socket.gethostname().lower()
+        self._addresses = _local_addresses()
+
+    def allowed(self, host_header: str) -> bool:
+        host = host_header
+        if host.startswith("["):  # [v6]:port
+            host = host[1 : host.find("]")] if "]" in host else host
+        elif host.count(":") == 1:
+            host = host.split(":")[0]
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            return (
+                address.is_loopback
+                or address.is_unspecified
+                or any(address in net for net in _PRIVATE if net.version == address.version)
+                or str(address) in self._addresses
+            )
+        host = host.lower()
+        return host in ("", "localhost", self._hostname) or host.endswith(_LOCAL_SUFFIXES)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+        if not self.allowed(host):
+            await _send(send, 403, b"", None)
+            return
+        if scope["method"] == "OPTIONS" and not _is_ip(host):
+            await _send(send, 204, b"", None)
+            return
+        await self.app(scope, receive, send)
+
+
+def _is_ip(host: str) -> bool:
+    host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+class BodyLimit:
+    """Refuse bodies above ``max_bytes``: by ``Content-Length`` before reading, and by
+    counting while a chunked body streams in (``PayloadTooLarge`` from ``receive``)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await _send(send, 413, orjson.dumps({"error": BODY_TOO_LARGE}), b"application/json")
+            return
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise PayloadTooLarge(BODY_TOO_LARGE)
+            return message
+
+        async def watching_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, watching_send)
+        except PayloadTooLarge:
+            # raised where no route's handler renders it (the routes' handler does)
+            if started:
+                raise
+            body = orjson.dumps({"error": BODY_TOO_LARGE})
+            await _send(send, 413, body, b"application/json")
+
+
+async def _send(send: Send, status: int, body: bytes, content_type: bytes | None) -> None:
+    headers = [(b"content-length", str(len(body)).encode())]
+    if content_type is not None:
+        headers.append((b"content-type", content_type))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """The middlewares, innermost first: the body limit, the host guard, then CORS (so a
+    preflight from an allowed origin is answered before anything else)."""
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if _loopback(settings.host.host):
+        app.add_middleware(HostGuard)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"] if "*" in settings.origins else [],
+        allow_origin_regex=origin_regex(o for o in settings.origins if o != "*"),
+        allow_methods=ALLOWED_METHODS,
+        allow_headers=ALLOWED_HEADERS,
+        max_age=12 * 3600,
+    )
