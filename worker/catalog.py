@@ -6,13 +6,22 @@ The default ``gemma3:270m`` comes from its PyPI package (no network); every ``*.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from shared import names
 from shared.settings import Settings
 
 DEFAULT_MODEL = "gemma3:270m"
+
+#: The parameters Ollama's gemma3 models ship with (their Modelfile ``PARAMETER`` lines).
+GEMMA3_PARAMETERS: dict[str, list[Any]] = {
+    "stop": ["<end_of_turn>"],
+    "temperature": [1],
+    "top_k": [64],
+    "top_p": [0.95],
+}
 
 
 @dataclass(frozen=True)
@@ -21,7 +30,10 @@ class ModelSpec:
     path: Path
     #: A built-in chat format (``worker.templates.BUILTIN``) for GGUFs without a template.
     chat_format: str | None = None
+    #: The file's sha256 when known; else the engine derives a digest from the header.
     digest: str = ""
+    #: Default options (Modelfile-style, name → values); a request's options override them.
+    parameters: dict[str, list[Any]] = field(default_factory=dict)
 
 
 def default_model() -> ModelSpec:
@@ -32,6 +44,7 @@ def default_model() -> ModelSpec:
         path=Path(package.assemble()),
         chat_format="gemma",
         digest=package.EXPECTED_SHA256,
+        parameters=GEMMA3_PARAMETERS,
     )
 
 

@@ -1,34 +1,35 @@
-"""The llama.cpp engine. The only module that imports ``llama_cpp``.
+"""The llama.cpp engine (``worker.llama_*`` are the only modules that import ``llama_cpp``).
 
-A ``Llama`` object is not thread-safe, so each loaded model has one thread of its own that
-runs its jobs one after another (llama.cpp's KV prefix reuse makes a conversation's next
-turn cheap). Tokens reach the event loop through a bounded hand-off; closing a job's
-iterator sets its cancel flag, which the thread checks between tokens. Continuous batching
-(many sequences per decode step) slots in behind the same ``generate`` signature.
+Every servable model is described from its GGUF header at construction (no weights are
+read); ``load`` creates a ``Resident`` (a ``Llama`` and its owner thread), and ``load``
+with other load-time options replaces it: the old instance finishes the work queued on it,
+then frees itself. When to load and unload is the worker's residency policy, not this.
+
+Tokens reach the event loop through a bounded hand-off; closing a job's iterator sets its
+cancel flag, which the model's thread checks between tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import queue
-import random
+import concurrent.futures
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from typing import Any
 
-import gguf
-import llama_cpp
 import structlog
 
-from shared.errors import EngineFailure, HerdError, InvalidRequest
-from shared.messages import GenerateJob, ModelAdvert, SamplingOptions
+from shared.errors import EngineFailure, HerdError, ModelNotFound
+from shared.messages import GenerateJob, LoadedModel, LoadOptions, ModelAdvert
 from worker.catalog import ModelSpec
-from worker.engine import EngineOutput, Finish, Piece
-from worker.templates import BUILTIN, ChatTemplate, JinjaTemplate, job_messages
-from worker.textstream import TextStream
+from worker.engine import Embeddings, EngineOutput, Finish, Piece
+from worker.llama_embed import embed
+from worker.llama_generate import generate
+from worker.llama_model import LoadParams, Resident
+from worker.llama_prompt import Vocab
+from worker.modelinfo import Description, describe, model_info, read_header
 
 log = structlog.get_logger()
 
@@ -38,10 +39,9 @@ _DONE = object()
 
 
 @dataclass
-class _Work:
-    job: GenerateJob
+class _Handoff:
     loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue[EngineOutput | BaseException | object]
+    out: asyncio.Queue[EngineOutput | BaseException | object] = field(default_factory=asyncio.Queue)
     space: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(HANDOFF_LIMIT))
     cancel: threading.Event = field(default_factory=threading.Event)
 
@@ -54,196 +54,135 @@ class _Work:
         return not self.cancel.is_set()
 
 
-class _LoadedModel:
-    def __init__(self, spec: ModelSpec, *, n_ctx: int, n_gpu_layers: int) -> None:
-        threads = os.cpu_count() or 1
-        self.spec = spec
-        self.llm = llama_cpp.Llama(
-            model_path=str(spec.path),
-            n_ctx=n_ctx,
-            n_gpu_layers=n_gpu_layers,
-            n_threads=threads,
-            n_threads_batch=threads,
-            flash_attn=n_gpu_layers != 0,
-            verbose=False,
-        )
-        self.template = self._template()
-        self.advert = self._advert()
-        self._inbox: queue.Queue[_Work | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name=f"llama:{spec.name}", daemon=True)
-        self._thread.start()
+class _Model:
+    """A resident instance with its vocabulary helper."""
 
-    def _template(self) -> ChatTemplate:
-        if self.spec.chat_format is not None:
-            return BUILTIN[self.spec.chat_format]
-        source = self.llm.metadata.get("tokenizer.chat_template")
-        if source is None:
-            raise EngineFailure(f"{self.spec.name}: the GGUF has no chat template")
-        piece = self.llm._model.token_get_text
-        return JinjaTemplate(
-            source,
-            bos_token=piece(self.llm.token_bos()) if self.llm.token_bos() >= 0 else "",
-            eos_token=piece(self.llm.token_eos()) if self.llm.token_eos() >= 0 else "",
-        )
-
-    def _advert(self) -> ModelAdvert:
-        meta = self.llm.metadata
-        arch = meta.get("general.architecture", "")
-        file_type = meta.get("general.file_type")
-        quant = ""
-        if file_type is not None and file_type.isdigit():
-            try:
-                quant = gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_")
-            except ValueError:
-                quant = ""
-        stat = self.spec.path.stat()
-        return ModelAdvert(
-            name=self.spec.name,
-            size_bytes=stat.st_size,
-            digest=self.spec.digest,
-            family=arch,
-            parameter_size=meta.get("general.size_label", ""),
-            quantization_level=quant,
-            context_length=int(meta.get(f"{arch}.context_length", "0") or 0),
-            modified_at=datetime.fromtimestamp(stat.st_mtime, UTC).isoformat(),
-        )
-
-    def submit(self, work: _Work) -> None:
-        self._inbox.put(work)
-
-    def close(self) -> None:
-        self._inbox.put(None)
-        self._thread.join(timeout=30)
-        self.llm.close()
-
-    def _run(self) -> None:
-        while (work := self._inbox.get()) is not None:
-            if work.cancel.is_set():
-                continue
-            try:
-                for item in self._generate(work.job, work.cancel):
-                    if not work.send(item):
-                        break
-            except HerdError as exc:
-                work.send(exc)
-            except Exception as exc:  # a llama.cpp failure must end the job, not the thread
-                log.exception("generation_failed")
-                work.send(EngineFailure(f"generation failed: {exc}"))
-            work.send(_DONE)
-
-    def _generate(self, job: GenerateJob, cancel: threading.Event) -> Iterator[EngineOutput]:
-        llm, opts = self.llm, job.options
-        if job.raw:
-            prompt, stops = job.prompt, []
-        else:
-            rendered = self.template.render(job_messages(job))
-            prompt, stops = rendered.prompt, rendered.stops
-        tokens = list(job.context or []) + llm.tokenize(
-            prompt.encode(), add_bos=not job.context, special=True
-        )
-        n_ctx = llm.n_ctx()
-        if len(tokens) >= n_ctx:
-            raise InvalidRequest(
-                "the prompt is longer than the context length currently available to the "
-                f"model ({len(tokens)} tokens, context {n_ctx})"
-            )
-        limit = _limit(opts, room=n_ctx - len(tokens))
-        text = TextStream([*stops, *(opts.stop or [])])
-        llm.set_seed(
-            opts.seed if opts.seed is not None and opts.seed >= 0 else random.getrandbits(31)
-        )
-        generated: list[int] = []
-        reason: str = "length"
-        started = first = time.perf_counter_ns()
-        for token in llm.generate(
-            tokens,
-            temp=_pick(opts.temperature, 0.8),
-            top_k=int(_pick(opts.top_k, 40)),
-            top_p=_pick(opts.top_p, 0.9),
-            min_p=_pick(opts.min_p, 0.0),
-            repeat_penalty=_pick(opts.repeat_penalty, 1.0),
-        ):
-            if not generated:
-                first = time.perf_counter_ns()
-            if cancel.is_set():
-                return
-            if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
-                reason = "stop"
-                break
-            generated.append(token)
-            piece = text.feed(llm.detokenize([token], prev_tokens=tokens + generated[:-1]))
-            if piece:
-                yield Piece(piece)
-            if text.stopped:
-                reason = "stop"
-                break
-            if len(generated) >= limit:
-                break
-        rest = text.finish()
-        if rest:
-            yield Piece(rest)
-        ended = time.perf_counter_ns()
-        yield Finish(
-            done_reason="stop" if reason == "stop" else "length",
-            n_prompt_tokens=len(tokens),
-            n_decoded=len(generated),
-            prompt_eval_ns=first - started,
-            eval_ns=ended - first,
-            context=tokens + generated,
-        )
-
-
-def _limit(opts: SamplingOptions, *, room: int) -> int:
-    # num_predict: -1 (default) until the model stops, -2 fill the context
-    if opts.num_predict is None or opts.num_predict < 0:
-        return room
-    return min(opts.num_predict, room)
-
-
-def _pick(value: float | None, default: float) -> float:
-    """The request's option, or Ollama's default for it."""
-    return default if value is None else value
+    def __init__(self, desc: Description, params: LoadParams) -> None:
+        self.resident = Resident(desc, params)
+        self.vocab = Vocab(self.resident.llm)
 
 
 class LlamaEngine:
     name = "llama"
 
     def __init__(self, specs: list[ModelSpec], *, n_ctx: int, n_gpu_layers: int) -> None:
-        self._specs = specs
+        self._descriptions: dict[str, Description] = {s.name: describe(s) for s in specs}
         self._n_ctx = n_ctx
         self._n_gpu_layers = n_gpu_layers
-        self._loaded: dict[str, _LoadedModel] = {}
+        self._loaded: dict[str, _Model] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
 
     def models(self) -> list[ModelAdvert]:
-        return [m.advert for m in self._loaded.values()]
+        return [d.advert for d in self._descriptions.values()]
+
+    def full_model_info(self, name: str) -> dict[str, Any]:
+        """/api/show's verbose ``model_info``: arrays in full (reads the GGUF header again)."""
+        return model_info(read_header(self._describe(name).spec.path, full=True))
+
+    def loaded(self) -> list[LoadedModel]:
+        return [m.resident.status() for m in self._loaded.values()]
 
     async def start(self) -> None:
-        for spec in self._specs:
-            started = time.perf_counter()
-            self._loaded[spec.name] = await asyncio.to_thread(
-                _LoadedModel, spec, n_ctx=self._n_ctx, n_gpu_layers=self._n_gpu_layers
-            )
-            log.info(
-                "model_loaded", model=spec.name, seconds=round(time.perf_counter() - started, 2)
-            )
+        for name in self._descriptions:
+            await self.load(name, LoadOptions())
 
     async def close(self) -> None:
-        for model in self._loaded.values():
-            await asyncio.to_thread(model.close)
-        self._loaded.clear()
+        for name in list(self._loaded):
+            await self.unload(name)
+
+    async def load(self, name: str, options: LoadOptions) -> None:
+        desc = self._describe(name)
+        params = LoadParams.resolve(
+            options, desc, n_ctx=self._n_ctx, n_gpu_layers=self._n_gpu_layers
+        )
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            current = self._loaded.get(name)
+            if current is not None and current.resident.params == params:
+                return
+            started = time.perf_counter()
+            try:
+                model = await asyncio.to_thread(_Model, desc, params)
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise EngineFailure(f"failed to load model '{name}': {exc}") from exc
+            self._loaded[name] = model
+            if current is not None:
+                current.resident.retire()
+            log.info(
+                "model_loaded",
+                model=name,
+                n_ctx=model.resident.llm.n_ctx(),
+                seconds=round(time.perf_counter() - started, 2),
+            )
+
+    async def unload(self, name: str) -> None:
+        """Free the model once the jobs already queued on it have run."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            model = self._loaded.pop(name, None)
+            if model is not None:
+                model.resident.retire()
+                await asyncio.to_thread(model.resident.wait_closed)
+                log.info("model_unloaded", model=name)
+
+    def _describe(self, name: str) -> Description:
+        desc = self._descriptions.get(name)
+        if desc is None:
+            raise ModelNotFound.named(name)
+        return desc
+
+    async def _model(self, job: GenerateJob) -> _Model:
+        model = self._loaded.get(job.model)
+        if model is None:  # the residency policy normally loads it first
+            await self.load(job.model, job.load)
+            model = self._loaded[job.model]
+        return model
 
     async def generate(self, job: GenerateJob) -> AsyncIterator[EngineOutput]:
-        model = self._loaded.get(job.model)
-        if model is None:
-            raise EngineFailure(f"model '{job.model}' is not loaded on this worker")
-        work = _Work(job=job, loop=asyncio.get_running_loop(), out=asyncio.Queue())
-        model.submit(work)
+        model = await self._model(job)
+        handoff = _Handoff(loop=asyncio.get_running_loop())
+        resident, vocab = model.resident, model.vocab
+
+        def run() -> None:
+            if handoff.cancel.is_set():
+                return
+            try:
+                outputs = generate(resident.llm, resident.desc, vocab, job, handoff.cancel)
+                for item in outputs:
+                    if not handoff.send(item):
+                        break
+            except HerdError as exc:
+                handoff.send(exc)
+            except Exception as exc:  # a llama.cpp failure must end the job, not the thread
+                log.exception("generation_failed")
+                handoff.send(EngineFailure(f"generation failed: {exc}"))
+            handoff.send(_DONE)
+
+        resident.submit(run)
         try:
-            while (item := await work.out.get()) is not _DONE:
-                work.space.release()
+            while (item := await handoff.out.get()) is not _DONE:
+                handoff.space.release()
                 if isinstance(item, BaseException):
                     raise item
                 assert isinstance(item, Piece | Finish)
                 yield item
         finally:
-            work.cancel.set()
+            handoff.cancel.set()
+
+    async def embed(self, job: GenerateJob) -> Embeddings:
+        model = await self._model(job)
+        resident = model.resident
+        future: concurrent.futures.Future[Embeddings] = concurrent.futures.Future()
+        pooled = resident.desc.embedding_only
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(embed(resident.llm, model.vocab, job, pooled=pooled))
+            except HerdError as exc:
+                future.set_exception(exc)
+            except Exception as exc:
+                log.exception("embedding_failed")
+                future.set_exception(EngineFailure(f"embedding failed: {exc}"))
+
+        resident.submit(run)
+        return await asyncio.wrap_future(future)

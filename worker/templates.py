@@ -1,18 +1,45 @@
 """Rendering chat messages (and /api/generate's prompt) into one model prompt.
 
-A GGUF that carries ``tokenizer.chat_template`` is rendered with it (Jinja, sandboxed, as
-Hugging Face does); a catalog entry may name a built-in format instead, for GGUFs without a
-template, such as the Gemma 3 package's.
+Three kinds of template:
+
+- ``JinjaTemplate``: a GGUF's ``tokenizer.chat_template``, rendered as Hugging Face's
+  ``apply_chat_template`` does (sandboxed; ``tools``, ``enable_thinking``, messages with
+  ``tool_calls``/``reasoning_content``).
+- ``GemmaTemplate``: a built-in format for GGUFs without a template (the Gemma 3 package).
+- ``GoTemplate``: Ollama's Go-template syntax (a request's ``template`` override), through
+  ``worker.gotemplate``, with Ollama's ``Template.Execute`` rules.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import re
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from typing import Any, Protocol
 
+import jinja2
+from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from shared.errors import EngineFailure, InvalidRequest
 from shared.messages import ChatMessage, GenerateJob
+from worker import gotemplate
+
+Think = bool | str | None
+
+_THINK_MARKERS = re.compile(r"<think>|enable_thinking|reasoning_content")
+
+
+def template_capabilities(source: str) -> list[str]:
+    """``tools`` and ``thinking`` as a chat template (Jinja or Go) reveals them."""
+    capabilities = []
+    if re.search(r"\btools\b|\.Tools\b", source):
+        capabilities.append("tools")
+    if _THINK_MARKERS.search(source) or re.search(r"\.Think\b", source):
+        capabilities.append("thinking")
+    return capabilities
 
 
 @dataclass(frozen=True)
@@ -23,13 +50,46 @@ class Rendered:
 
 
 class ChatTemplate(Protocol):
-    def render(self, messages: list[ChatMessage]) -> Rendered: ...
+    #: What /api/show shows as the model's template.
+    source: str
+    #: ``tools``/``thinking`` when the template handles them.
+    capabilities: list[str]
+    #: Strings that end the model's turn.
+    stops: list[str]
+
+    def render(
+        self, messages: list[ChatMessage], *, tools: list[dict[str, Any]] | None, think: Think
+    ) -> Rendered: ...
+
+
+#: Ollama's template for gemma3, shown by /api/show for the built-in format.
+GEMMA_GO_TEMPLATE = """{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if or (eq .Role "user") (eq .Role "system") }}<start_of_turn>user
+{{ .Content }}<end_of_turn>
+{{ if $last }}<start_of_turn>model
+{{ end }}
+{{- else if eq .Role "assistant" }}<start_of_turn>model
+{{ .Content }}{{ if not $last }}<end_of_turn>
+{{ end }}
+{{- end }}
+{{- end }}"""
 
 
 class GemmaTemplate:
     """Gemma's turns; it has no system role, so a system text leads the first user turn."""
 
-    def render(self, messages: list[ChatMessage]) -> Rendered:
+    source = GEMMA_GO_TEMPLATE
+    capabilities: list[str] = []
+    stops = ["<end_of_turn>"]
+
+    def render(
+        self,
+        messages: list[ChatMessage],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        think: Think = None,
+    ) -> Rendered:
         system = "\n\n".join(m.content for m in messages if m.role == "system")
         parts: list[str] = []
         for message in (m for m in messages if m.role != "system"):
@@ -41,26 +101,266 @@ class GemmaTemplate:
         if system:  # only a system message was given
             parts.append(f"<start_of_turn>user\n{system}<end_of_turn>\n")
         parts.append("<start_of_turn>model\n")
-        return Rendered(prompt="".join(parts), stops=["<end_of_turn>"])
+        return Rendered(prompt="".join(parts), stops=self.stops)
+
+
+def _raise(message: str) -> None:
+    raise InvalidRequest(f"chat template: {message}")
+
+
+def _tojson(value: Any, indent: int | None = None, **kwargs: Any) -> str:
+    # Jinja's own tojson HTML-escapes <, > and &, which no prompt wants (HF overrides it too)
+    return json.dumps(
+        value,
+        ensure_ascii=False,
+        indent=indent,
+        separators=kwargs.get("separators"),
+        sort_keys=kwargs.get("sort_keys", False),
+    )
+
+
+@functools.cache
+def _hf_environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env
+
+
+def _hf_message(message: ChatMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.thinking:
+        out["reasoning_content"] = out["thinking"] = message.thinking
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "type": "function",
+                **({"id": call.id} if call.id else {}),
+                "function": {"name": call.function.name, "arguments": call.function.arguments},
+            }
+            for call in message.tool_calls
+        ]
+    if message.tool_name:
+        out["name"] = out["tool_name"] = message.tool_name
+    if message.tool_call_id:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def thinking_enabled(think: Think) -> bool:
+    """Ollama thinks by default on a thinking model; ``think: false`` turns it off."""
+    return think is None or bool(think)
 
 
 class JinjaTemplate:
     def __init__(self, source: str, *, bos_token: str, eos_token: str) -> None:
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        self._template = env.from_string(source)
+        try:
+            self._template = _hf_environment().from_string(source)
+        except jinja2.TemplateError as exc:
+            raise EngineFailure(f"the model's chat template does not parse: {exc}") from exc
+        self.source = source
+        self.capabilities = template_capabilities(source)
         self._bos, self._eos = bos_token, eos_token
+        self.stops = [eos_token] if eos_token else []
 
-    def render(self, messages: list[ChatMessage]) -> Rendered:
-        prompt = self._template.render(
-            messages=[{"role": m.role, "content": m.content} for m in messages],
-            bos_token=self._bos,
-            eos_token=self._eos,
-            add_generation_prompt=True,
-        )
+    def render(
+        self,
+        messages: list[ChatMessage],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        think: Think = None,
+    ) -> Rendered:
+        extra: dict[str, Any] = {}
+        if "thinking" in self.capabilities:
+            extra["enable_thinking"] = thinking_enabled(think)
+            if isinstance(think, str):
+                extra["reasoning_effort"] = "high" if think == "max" else think
+        try:
+            prompt = self._template.render(
+                messages=[_hf_message(m) for m in messages],
+                tools=tools or None,
+                bos_token=self._bos,
+                eos_token=self._eos,
+                add_generation_prompt=True,
+                **extra,
+            )
+        except jinja2.TemplateError as exc:
+            raise EngineFailure(f"the model's chat template failed: {exc}") from exc
         # the tokenizer adds BOS itself
         if self._bos and prompt.startswith(self._bos):
             prompt = prompt[len(self._bos) :]
-        return Rendered(prompt=prompt, stops=[self._eos] if self._eos else [])
+        return Rendered(prompt=prompt, stops=self.stops)
+
+
+class _GoValue(dict[str, Any]):
+    """A JSON object seen through Go field names (``.Function.Name``), printed as JSON."""
+
+    def __init__(self, original: dict[str, Any]) -> None:
+        super().__init__({_go_name(k): _go(v) for k, v in original.items()})
+        self.original = original
+
+    def __str__(self) -> str:
+        return json.dumps(self.original, separators=(",", ":"), ensure_ascii=False)
+
+
+def _go_name(key: str) -> str:
+    parts = [p for p in key.lstrip("$").split("_") if p]
+    return "".join(p[:1].upper() + p[1:] for p in parts) or key
+
+
+def _go(value: Any) -> Any:
+    if isinstance(value, dict):
+        return _GoValue(value)
+    if isinstance(value, list):
+        return [_go(v) for v in value]
+    return value
+
+
+def _go_print(value: Any) -> Any:
+    """Values as Go's fmt prints them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None or isinstance(value, jinja2.Undefined):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, list):
+        return "[" + " ".join(str(_go_print(v)) for v in value) + "]"
+    return value
+
+
+def _go_json(value: Any) -> str:
+    if isinstance(value, _GoValue):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_go_json(v) for v in value) + "]"
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _go_printf(fmt: str, *args: Any) -> str:
+    return fmt.replace("%v", "%s").replace("%q", '"%s"') % tuple(_go_print(a) for a in args)
+
+
+@functools.cache
+def _go_environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        keep_trailing_newline=True, extensions=[loopcontrols], finalize=_go_print
+    )
+    env.filters["_json"] = _go_json
+    env.filters["_str"] = lambda v: str(_go_print(v))
+    env.filters["_printf"] = _go_printf
+    return env
+
+
+@functools.lru_cache(maxsize=64)
+def _compile(source: str, cut: bool) -> tuple[jinja2.Template, frozenset[str]]:
+    try:
+        translation = gotemplate.translate(source, cut_after_response=cut)
+        return _go_environment().from_string(translation.jinja), frozenset(translation.fields)
+    except (gotemplate.GoTemplateError, jinja2.TemplateSyntaxError) as exc:
+        raise EngineFailure(str(exc)) from exc
+
+
+def _go_message(message: ChatMessage) -> dict[str, Any]:
+    calls = [
+        {"function": {"index": c.function.index, "name": c.function.name, "arguments": {}}}
+        for c in message.tool_calls or []
+    ]
+    value = _GoValue(
+        {
+            "role": message.role,
+            "content": message.content,
+            "thinking": message.thinking or "",
+            "tool_calls": calls,
+            "tool_name": message.tool_name or "",
+            "tool_call_id": message.tool_call_id or "",
+        }
+    )
+    # arguments print as JSON objects, in their own key order
+    for call, original in zip(value["ToolCalls"], message.tool_calls or [], strict=True):
+        call["Function"]["Arguments"] = _GoValue(original.function.arguments)
+    return value
+
+
+def collate(messages: list[ChatMessage]) -> tuple[str, list[ChatMessage]]:
+    """Ollama's ``collate``: the system texts, and messages with consecutive same-role
+    messages (but tool results) merged."""
+    system = [m.content for m in messages if m.role == "system"]
+    merged: list[ChatMessage] = []
+    for message in messages:
+        if merged and merged[-1].role == message.role and message.role != "tool":
+            previous = merged[-1]
+            merged[-1] = previous.model_copy(
+                update={"content": f"{previous.content}\n\n{message.content}"}
+            )
+        else:
+            merged.append(message)
+    return "\n\n".join(system), merged
+
+
+class GoTemplate:
+    """An Ollama (Go ``text/template``) prompt template, executed as Ollama's server does."""
+
+    def __init__(self, source: str, *, stops: list[str] | None = None) -> None:
+        self.source = source
+        self._full, fields = _compile(source, False)
+        self._uses_messages = "messages" in fields
+        self.capabilities = template_capabilities(source)
+        self.stops = stops or []
+
+    def _run(self, template: jinja2.Template, values: dict[str, Any]) -> str:
+        try:
+            return template.render(_root=values)
+        except (jinja2.TemplateError, TypeError, KeyError, IndexError) as exc:
+            raise EngineFailure(f"template: {exc}") from exc
+
+    def render_suffix(self, prompt: str, suffix: str) -> Rendered:
+        values = {"Prompt": prompt, "Suffix": suffix, "Response": "", "System": ""}
+        return Rendered(self._run(self._full, values), self.stops)
+
+    def render(
+        self,
+        messages: list[ChatMessage],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        think: Think = None,
+    ) -> Rendered:
+        system, merged = collate(messages)
+        thinking = {
+            "Think": bool(think),
+            "ThinkLevel": think if isinstance(think, str) else "",
+            "IsThinkSet": think is not None,
+        }
+        if self._uses_messages:
+            values = {
+                "System": system,
+                "Messages": [_go_message(m) for m in merged],
+                "Tools": _go(tools or []),
+                "Response": "",
+                **thinking,
+            }
+            return Rendered(self._run(self._full, values), self.stops)
+        # older templates render one System/Prompt/Response turn at a time; the last turn
+        # stops right after {{ .Response }}, where the model continues
+        out: list[str] = []
+        turn = {"System": "", "Prompt": "", "Response": ""}
+        for message in merged:
+            # a system text after a turn, or a user text after a response, starts a new turn
+            ends_turn = (message.role == "system" and (turn["Prompt"] or turn["Response"])) or (
+                message.role == "user" and turn["Response"]
+            )
+            if ends_turn:
+                out.append(self._run(self._full, {**turn, **thinking}))
+                turn = {"System": "", "Prompt": "", "Response": ""}
+            key = {"system": "System", "user": "Prompt", "assistant": "Response"}.get(message.role)
+            if key:
+                turn[key] = message.content
+        cut, _ = _compile(self.source, True)
+        out.append(self._run(cut, {**turn, **thinking}))
+        return Rendered("".join(out), self.stops)
 
 
 BUILTIN: dict[str, ChatTemplate] = {"gemma": GemmaTemplate()}

@@ -1,0 +1,132 @@
+"""A job's prompt as tokens: templates, raw mode, fill-in-the-middle, ``context``, and
+fitting it into the context window (``truncate``).
+
+Ollama's rules: a chat too long for the context loses its oldest non-system messages
+(the last message always stays); whatever is still too long keeps its first ``num_keep``
+tokens and its end. ``truncate: false`` refuses instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+import llama_cpp
+
+from shared.errors import InvalidRequest
+from shared.messages import ChatMessage, GenerateJob
+from worker.modelinfo import Description
+from worker.templates import ChatTemplate, GoTemplate, Rendered, job_messages
+
+TOO_LONG = "the prompt is longer than the context length currently available to the model"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    tokens: list[int]
+    #: Strings that end the answer (the template's; the request's are added later).
+    stops: list[str]
+
+
+class Vocab:
+    """Tokenizing and token pieces of one loaded model."""
+
+    def __init__(self, llm: llama_cpp.Llama) -> None:
+        self._llm = llm
+        self._vocab = llm._model.vocab
+        self._pieces: dict[tuple[int, bool], bytes] = {}
+
+    def tokenize(self, text: str, *, bos: bool) -> list[int]:
+        # special=True: templates write control tokens (<start_of_turn>) as text
+        return list(self._llm.tokenize(text.encode(), add_bos=bos, special=True))
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The token's bytes (``special``: control tokens as their text, else empty)."""
+        cached = self._pieces.get((token, special))
+        if cached is not None:
+            return cached
+        buffer = ctypes.create_string_buffer(64)
+        size = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, 64, 0, special)
+        if size < 0:  # too small: llama.cpp says how much it needs
+            buffer = ctypes.create_string_buffer(-size)
+            size = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, -size, 0, special)
+        piece = self._pieces[(token, special)] = buffer.raw[:size]
+        return piece
+
+    def is_end(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+
+def build(job: GenerateJob, desc: Description, vocab: Vocab, n_ctx: int, num_keep: int) -> Prompt:
+    if job.images or any(m.images for m in job.messages):
+        raise InvalidRequest(
+            f"{job.model} does not support images: this server has no vision support"
+        )
+    if desc.embedding_only:
+        verb = "chat" if job.kind == "chat" else "generate"
+        raise InvalidRequest(f'"{job.model}" does not support {verb}')
+    context = list(job.context or []) if job.kind == "generate" and not job.raw else []
+    if job.kind == "generate" and job.raw:
+        text, stops = job.prompt, list(desc.template.stops)
+    elif job.kind == "generate" and job.suffix:
+        return _insert(job, desc, vocab, n_ctx, num_keep)
+    else:
+        template: ChatTemplate = (
+            GoTemplate(job.template, stops=desc.template.stops)
+            if job.template and job.kind == "generate"
+            else desc.template
+        )
+        rendered = _render(job, template, vocab, n_ctx - len(context))
+        text, stops = rendered.prompt, rendered.stops
+    tokens = context + vocab.tokenize(text, bos=not context)
+    return Prompt(fit(tokens, job, n_ctx, num_keep), stops)
+
+
+def _render(job: GenerateJob, template: ChatTemplate, vocab: Vocab, room: int) -> Rendered:
+    messages = job_messages(job)
+
+    def render(chosen: list[ChatMessage]) -> Rendered:
+        return template.render(chosen, tools=job.tools, think=job.think)
+
+    rendered = render(messages)
+    if job.kind != "chat" or job.truncate is False or len(messages) < 2:
+        return rendered
+    if len(vocab.tokenize(rendered.prompt, bos=True)) <= room:
+        return rendered
+    # drop the oldest messages (keeping system ones) until the rest fits, like Ollama
+    last = len(messages) - 1
+    for start in range(1, last + 1):
+        kept = [m for m in messages[:start] if m.role == "system"] + messages[start:]
+        rendered = render(kept)
+        if len(vocab.tokenize(rendered.prompt, bos=True)) <= room:
+            return rendered
+    return rendered
+
+
+def _insert(job: GenerateJob, desc: Description, vocab: Vocab, n_ctx: int, keep: int) -> Prompt:
+    """Fill-in-the-middle: prefix, suffix, then the model writes the middle."""
+    if job.template:
+        rendered = GoTemplate(job.template, stops=desc.template.stops).render_suffix(
+            job.prompt, job.suffix
+        )
+        return Prompt(fit(vocab.tokenize(rendered.prompt, bos=True), job, n_ctx, keep), [])
+    fim = desc.header.fim_tokens
+    if fim is None:
+        raise InvalidRequest(f"{job.model} does not support insert")
+    prefix, suffix, middle = fim
+    # llama.cpp's server order: <PRE> prefix <SUF> suffix <MID>
+    tokens = [*vocab.tokenize("", bos=True), prefix]
+    tokens += [*vocab.tokenize(job.prompt, bos=False), suffix]
+    tokens += [*vocab.tokenize(job.suffix, bos=False), middle]
+    return Prompt(fit(tokens, job, n_ctx, keep), [])
+
+
+def fit(tokens: list[int], job: GenerateJob, n_ctx: int, num_keep: int) -> list[int]:
+    """The prompt if it fits; else its first ``num_keep`` tokens and as much of its end as
+    fits (Ollama's runner), or an error when the request said ``truncate: false``."""
+    if len(tokens) <= n_ctx:
+        return tokens
+    if job.truncate is False:
+        raise InvalidRequest(f"{TOO_LONG} ({len(tokens)} tokens, context {n_ctx})")
+    keep = min(num_keep, n_ctx // 2)
+    return tokens[:keep] + tokens[len(tokens) - (n_ctx - keep) :]
