@@ -18,7 +18,17 @@ import uvicorn
 from redis.asyncio import Redis
 
 from api.app import create_app
+from shared import keys
 from shared.embedded import EmbeddedRedis, free_port
+from shared.messages import (
+    DoneEvent,
+    ErrorEvent,
+    GenerateJob,
+    StartedEvent,
+    TokenEvent,
+    WorkerAdvert,
+    decode_event,
+)
 from shared.settings import Settings
 from worker.consumer import Worker
 from worker.fake_engine import FakeEngine
@@ -130,6 +140,49 @@ async def worker(make_settings: SettingsFactory, redis_url: str) -> AsyncIterato
         instance.stop()
         await task
         await client.aclose()
+
+
+Event = StartedEvent | TokenEvent | DoneEvent | ErrorEvent
+
+
+def make_job(model: str = "gemma3:270m", **fields: Any) -> GenerateJob:
+    """A job as the API would enqueue it (a chat saying "hi" unless told otherwise)."""
+    now_ms = int(time.time() * 1000)
+    values: dict[str, Any] = {
+        "request_id": os.urandom(8).hex(),
+        "model": model,
+        "kind": "chat",
+        "messages": [{"role": "user", "content": "hi"}],
+        "enqueued_at_ms": now_ms,
+        "deadline_ms": now_ms + 30_000,
+    }
+    values.update(fields)
+    return GenerateJob.model_validate(values)
+
+
+async def run_job(redis: Redis, job: GenerateJob, timeout_s: float = 10.0) -> list[Event]:
+    """Enqueue ``job`` straight on its stream (no API) and collect its events to the last."""
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.token_channel(job.request_id))
+    await pubsub.get_message(timeout=1)  # the confirmation: subscribed before the job exists
+    events: list[Event] = []
+    try:
+        fields: dict[Any, Any] = dict(job.to_fields())
+        await redis.xadd(keys.job_stream(job.model), fields)
+        async with asyncio.timeout(timeout_s):
+            while not events or not isinstance(events[-1], DoneEvent | ErrorEvent):
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                if message is not None:
+                    events.append(decode_event(message["data"]))
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+    return events
+
+
+async def read_advert(redis: Redis, worker_id: str) -> WorkerAdvert:
+    raw = await redis.get(keys.worker_key(worker_id))
+    assert raw is not None, f"{worker_id} has no advert"
+    return WorkerAdvert.model_validate_json(raw)
 
 
 ProcessFactory = Callable[..., subprocess.Popen[bytes]]

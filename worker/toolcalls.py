@@ -134,7 +134,7 @@ class ToolCallParser:
             start = index + len(MISTRAL_ARGS)
             start += len(body[start:]) - len(body[start:].lstrip())
             end = json_end(body, start)
-            if end is not None:
+            if end is not None and end > start:
                 found = self._number(_parsed(body[start:end], name=body[:index].strip()))
         if end is None and not final:
             return False
@@ -211,7 +211,9 @@ def _partial_tag(text: str) -> int:
 
 def json_end(text: str, start: int) -> int | None:
     """Index just past the JSON object/array opening at ``start``; None if unfinished."""
-    if text[start : start + 1] not in ("{", "["):
+    if start >= len(text):
+        return None
+    if text[start] not in ("{", "["):
         return start  # not JSON at all: an empty "document", which never parses
     depth, in_string, escaped = 0, False, False
     for index in range(start, len(text)):
