@@ -12,7 +12,16 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.embedded import free_port
 from shared.errors import WORKER_LOST
-from tests.conftest import ApiFactory, ProcessFactory, WorkerFactory, wait_for_http
+from shared.messages import ControlMessage, DoneEvent
+from tests.conftest import (
+    ApiFactory,
+    ProcessFactory,
+    WorkerFactory,
+    make_job,
+    read_advert,
+    run_job,
+    wait_for_http,
+)
 
 CHAT = {"model": "gemma3:270m", "messages": [{"role": "user", "content": "hi"}]}
 TTL_S = 1.0
@@ -116,3 +125,21 @@ async def test_sigterm_drains_in_flight_jobs_and_withdraws(
     assert rest[-1]["done"] is True and rest[-1]["done_reason"] == "stop"
     assert await asyncio.to_thread(child.wait, 10) == 0
     assert not await redis.exists(keys.worker_key("draining"))
+
+
+async def test_a_worker_process_loads_on_a_job_and_unloads_on_request(
+    herd_process: ProcessFactory, redis: Redis, redis_url: str
+) -> None:
+    env = {**_worker_env(redis_url, "resident", 0.01), "HERD_FAKE_MODELS": '["a:1", "b:1"]'}
+    herd_process("worker", **env)
+    await _until_advertised(redis, "resident")
+    events = await run_job(redis, make_job("b:1", kind="load", messages=[], keep_alive_s=-1))
+    assert isinstance(events[-1], DoneEvent) and events[-1].done_reason == "load"
+    loaded = {m.name for m in (await read_advert(redis, "resident")).loaded}
+    assert loaded == {"a:1", "b:1"}
+    fields = ControlMessage(action="unload", model="b:1").to_fields()
+    await redis.xadd(keys.control_stream("resident"), dict(fields))  # type: ignore[arg-type]
+    deadline = time.monotonic() + 10
+    while "b:1" in {m.name for m in (await read_advert(redis, "resident")).loaded}:
+        assert time.monotonic() < deadline, "b:1 was never unloaded"
+        await asyncio.sleep(0.05)
