@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from api import ollama
+from api.catalog import get_catalog
+from api.embed import EmbedRequest, embed, embed_call
 from api.inference import Call, objects
 from api.openai import responses, translate
 from api.openai.errors import OpenAIRoute
@@ -109,13 +111,14 @@ async def completions(request: Request, state: StateDep) -> Response:
 @router.post("/embeddings")
 async def embeddings(request: Request, state: StateDep) -> Response:
     req = await parse(request, EmbeddingRequest)
-    body = translate.embed_request(req)
-    native = await unless_disconnected(request, _native_embed(state, body))
+    body = _native(EmbedRequest, translate.embed_request(req))
+    call = await unless_disconnected(request, embed_call(state, body))
+    if isinstance(call, dict):
+        native = call  # nothing to embed: the model was loaded
+    else:
+        answer = embed(state.dispatcher, call, queue_timeout_s=state.settings.queue_timeout_s)
+        native = await unless_disconnected(request, answer)
     return JSONResponse(responses.embedding_list(req.model, native, req.encoding_format))
-
-
-async def _native_embed(state: AppState, body: dict[str, Any]) -> dict[str, Any]:
-    raise InvalidRequest("embeddings are not available yet")
 
 
 @router.get("/models")
@@ -125,9 +128,10 @@ async def list_models(state: StateDep) -> dict[str, Any]:
 
 @router.get("/models/{model:path}")
 async def retrieve_model(model: str, state: StateDep) -> dict[str, Any]:
-    # a path parameter, so namespaced and hf.co/... names work (Ollama's cannot match "/")
+    # a path parameter, so namespaced and hf.co/... names work (Ollama's cannot match "/");
+    # resolved like /api/show, so aliases from /api/copy work and deleted models do not
     name = names.normalize(model)
-    for tag in (await models.tags(state))["models"]:
-        if tag["model"] == name:
-            return responses.model_object(model, tag["modified_at"])
-    raise ModelNotFound.named(name)
+    advert = await get_catalog(state).resolve(name)
+    if advert is None:
+        raise ModelNotFound.named(name)
+    return responses.model_object(model, advert.modified_at)

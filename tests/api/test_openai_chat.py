@@ -21,6 +21,7 @@ from worker.fake_engine import FAIL_MARKER, REPLY
 
 MODEL = "gemma3:270m"
 HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+IMAGE = "data:image/png;base64,iVBORw0KGgo="
 CHAT: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -156,9 +157,6 @@ async def test_bad_request_raises_bad_request(sdk: openai.AsyncOpenAI) -> None:
     }
 
 
-IMAGE = "data:image/png;base64,iVBORw0KGgo="
-
-
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -203,6 +201,15 @@ IMAGE = "data:image/png;base64,iVBORw0KGgo="
             "invalid tool call arguments",
         ),
         (
+            {
+                **CHAT,
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": IMAGE}]}
+                ],
+            },
+            "does not support vision",  # the image reached the native checks
+        ),
+        (
             {**CHAT, "reasoning_effort": "huge"},
             'invalid reasoning value: "huge" (must be "minimal", "low", "medium", "high", '
             '"xhigh", "ultra", "max", or "none")',
@@ -230,8 +237,10 @@ async def test_empty_and_malformed_bodies(client: httpx.AsyncClient) -> None:
 
 
 async def test_image_parts_and_null_content_with_tool_calls_are_accepted(
-    client: httpx.AsyncClient,
+    api: ApiFactory, worker: WorkerFactory
 ) -> None:
+    client = await api()
+    await worker(fake_capabilities=["completion", "vision", "tools"])
     messages = [
         {
             "role": "user",
