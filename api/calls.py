@@ -56,7 +56,9 @@ def check_capabilities(
         raise InvalidRequest(f"{gofmt.quote(model)} does not support {verb}")
     missing = [cap for cap in wants if cap not in advert.capabilities]
     if missing:
-        raise InvalidRequest(f"{name} does not support " + "\n".join(missing))
+        # the fully qualified name, as Ollama's CheckCapabilities words it
+        full = names.parse(name).full()
+        raise InvalidRequest(f"{full} does not support " + "\n".join(missing))
 
 
 async def _unload(state: AppState, name: str, model: str, *, chat: bool) -> dict[str, Any]:

@@ -1,8 +1,11 @@
 """HTTP conventions around every route, as Ollama's server applies them:
 
-- CORS (``gin-contrib/cors`` in Ollama): the configured origins plus local pages, desktop
-  app and editor webview schemes and browser extensions; the headers the Ollama and OpenAI
-  SDKs send.
+- CORS as ``gin-contrib/cors`` does it for Ollama: the configured origins plus local
+  pages, desktop app and editor webview schemes and browser extensions; the headers the
+  Ollama and OpenAI SDKs send. A request from any other origin is refused with 403 (not
+  merely left without ``Access-Control-Allow-Origin``: a page must not be able to make a
+  local server act, even blind), and a preflight is answered 204 — which is why this is
+  not Starlette's ``CORSMiddleware`` (200 for preflights, other origins let through).
 - The DNS-rebinding guard: bound to a loopback address, only requests whose ``Host`` is
   local get through; the rest get 403 with no body.
 - A request body limit: 413 ``{"error": "request body too large"}`` before reading a body
@@ -18,7 +21,6 @@ from collections.abc import Iterable
 
 import orjson
 from fastapi import FastAPI
-from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import BODY_TOO_LARGE, PayloadTooLarge
@@ -60,11 +62,55 @@ ALLOWED_HEADERS = [
 ALLOWED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
-def origin_regex(origins: Iterable[str]) -> str:
+MAX_AGE_S = 12 * 3600
+
+
+def origin_regex(origins: Iterable[str]) -> re.Pattern[str]:
     """One pattern for every allowed origin; ``*`` in an origin matches anything."""
     patterns = [re.escape(origin).replace(r"\*", ".*") for origin in [*origins, *LOCAL_ORIGINS]]
     patterns += [f"{scheme}://.*" for scheme in EXTENSION_SCHEMES]
-    return "|".join(f"(?:{pattern})" for pattern in patterns)
+    return re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
+
+
+class Cors:
+    """``gin-contrib/cors`` with Ollama's configuration."""
+
+    def __init__(self, app: ASGIApp, origins: Iterable[str]) -> None:
+        self.app = app
+        self._allowed = origin_regex(origins)
+        self._preflight = [
+            (b"access-control-allow-methods", ",".join(ALLOWED_METHODS).encode()),
+            (b"access-control-allow-headers", ",".join(ALLOWED_HEADERS).encode()),
+            (b"access-control-max-age", str(MAX_AGE_S).encode()),
+            (b"vary", b"Origin"),
+            (b"vary", b"Access-Control-Request-Method"),
+            (b"vary", b"Access-Control-Request-Headers"),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        origin = headers.get(b"origin", b"").decode("latin-1")
+        host = headers.get(b"host", b"").decode("latin-1")
+        if not origin or origin in (f"http://{host}", f"https://{host}"):
+            await self.app(scope, receive, send)  # not a cross-origin request
+            return
+        if not self._allowed.fullmatch(origin):
+            await _send(send, 403, b"", None)
+            return
+        allow = (b"access-control-allow-origin", origin.encode("latin-1"))
+        if scope["method"] == "OPTIONS":
+            await _send(send, 204, b"", None, extra=[allow, *self._preflight])
+            return
+
+        async def with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), allow, (b"vary", b"Origin")]
+            await send(message)
+
+        await self.app(scope, receive, with_cors)
 
 
 # Go's netip.Addr.IsPrivate: RFC 1918 and RFC 4193 only (Python's is_private is wider)
@@ -177,10 +223,17 @@ class BodyLimit:
             await _send(send, 413, body, b"application/json")
 
 
-async def _send(send: Send, status: int, body: bytes, content_type: bytes | None) -> None:
-    headers = [(b"content-length", str(len(body)).encode())]
+async def _send(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes | None,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [(b"content-length", str(len(body)).encode())] if status != 204 else []
     if content_type is not None:
         headers.append((b"content-type", content_type))
+    headers += extra or []
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -200,11 +253,4 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if _loopback(settings.host.host):
         app.add_middleware(HostGuard)
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=["*"] if "*" in settings.origins else [],
-        allow_origin_regex=origin_regex(o for o in settings.origins if o != "*"),
-        allow_methods=ALLOWED_METHODS,
-        allow_headers=ALLOWED_HEADERS,
-        max_age=12 * 3600,
-    )
+    app.add_middleware(Cors, origins=settings.origins)

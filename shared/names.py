@@ -29,6 +29,10 @@ class Name:
     model: str
     tag: str
 
+    def full(self) -> str:
+        """The fully qualified form (``registry.ollama.ai/library/gemma3:latest``)."""
+        return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
+
     def display(self) -> str:
         """``DisplayShortest``: the default host and namespace are left out; the tag never."""
         if self.host != DEFAULT_HOST:

@@ -1,0 +1,79 @@
+"""Fixtures for the API's own tests: an ``AppState`` over the real Redis, and adverts
+written the way workers write them (for tests about validation, not about the workers)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+from redis.asyncio import Redis
+
+from api.dispatch import Dispatcher
+from api.registry import Registry
+from api.router import TokenRouter
+from api.state import AppState
+from shared import keys
+from shared.messages import LoadedModel, ModelAdvert, WorkerAdvert
+from tests.conftest import SettingsFactory
+
+ALL_CAPABILITIES = ["completion", "tools", "thinking", "insert", "vision", "embedding"]
+
+
+def advert(
+    name: str, capabilities: Sequence[str] = ALL_CAPABILITIES, **fields: object
+) -> ModelAdvert:
+    values: dict[str, object] = {
+        "name": name,
+        "family": "llama",
+        "parameter_size": "1B",
+        "quantization_level": "Q4_K_M",
+        "size_bytes": 1000,
+        "digest": "d" * 64,
+        "context_length": 2048,
+        "modified_at": "2026-01-01T00:00:00Z",
+        "capabilities": list(capabilities),
+    }
+    values.update(fields)
+    return ModelAdvert.model_validate(values)
+
+
+async def advertise(
+    redis: Redis,
+    models: Sequence[ModelAdvert],
+    *,
+    worker_id: str = "w1",
+    loaded: Sequence[LoadedModel] = (),
+    ttl_s: float = 30.0,
+) -> WorkerAdvert:
+    """Publish a worker advert exactly as a heartbeat does."""
+    worker = WorkerAdvert(
+        worker_id=worker_id,
+        host="test",
+        version="0",
+        engine="fake",
+        devices=[],
+        models=list(models),
+        loaded=list(loaded),
+        slots_total=1,
+        slots_free=1,
+        ready=True,
+        started_at="2026-01-01T00:00:00Z",
+    )
+    await redis.set(keys.worker_key(worker_id), worker.model_dump_json(), px=int(ttl_s * 1000))
+    await redis.zadd(keys.WORKERS_INDEX, {worker_id: time.time() + ttl_s})
+    return worker
+
+
+@pytest.fixture
+async def state(
+    redis: Redis, redis_url: str, make_settings: SettingsFactory
+) -> AsyncIterator[AppState]:
+    subscriber = Redis.from_url(redis_url)
+    router = TokenRouter(subscriber)
+    await router.start()
+    registry = Registry(redis)
+    dispatcher = Dispatcher(redis, router, registry, max_queue=8, check_interval_s=0.2)
+    yield AppState(settings=make_settings(), redis=redis, registry=registry, dispatcher=dispatcher)
+    await router.stop()
+    await subscriber.aclose()
