@@ -28,7 +28,6 @@ import httpx
 import pytest
 
 from shared.embedded import EmbeddedRedis, free_port
-from tests.conftest import wait_for_http
 
 TOOLS_MODEL = "fake-tools:latest"
 PLAIN_MODEL = "fake-plain:latest"
@@ -117,16 +116,28 @@ class Cluster:
         self.gemma = True
 
     def _ready(self, health_ports: list[int], models: list[str], timeout_s: float) -> None:
+        urls = [f"{self.url}/readyz", *(f"http://127.0.0.1:{p}/readyz" for p in health_ports)]
         try:
-            wait_for_http(f"{self.url}/readyz", timeout_s=timeout_s)
-            for port in health_ports:
-                wait_for_http(f"http://127.0.0.1:{port}/readyz", timeout_s=timeout_s)
-            self._wait_for_models(models, timeout_s=10)
-        except TimeoutError as exc:
+            deadline = time.monotonic() + timeout_s
+            for url in urls:
+                self._wait_for_http(url, deadline)
+            self._wait_for_models(models, deadline=time.monotonic() + 10)
+        except (TimeoutError, ChildProcessError) as exc:
             raise RuntimeError(f"{exc}\n{self.logs()}") from None
 
-    def _wait_for_models(self, models: list[str], timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
+    def _wait_for_http(self, url: str, deadline: float) -> None:
+        """Like ``wait_for_http``, but a child that dies fails at once, not at the deadline."""
+        while time.monotonic() < deadline:
+            dead = [name for name, child in self.children.items() if child.poll() is not None]
+            if dead:
+                raise ChildProcessError(f"{', '.join(dead)} exited while waiting for {url}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"{url} did not answer 200 in time")
+
+    def _wait_for_models(self, models: list[str], deadline: float) -> None:
         listed: set[str] = set()
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.tools import tool
@@ -24,12 +27,26 @@ def get_weather(city: str) -> str:
     return f"22 degrees in {city}"
 
 
-def _chat(url: str, model: str = TOOLS_MODEL, **kwargs: object) -> ChatOllama:
-    return ChatOllama(model=model, base_url=url, **kwargs)
+ChatFactory = Callable[..., ChatOllama]
 
 
-def test_invoke_has_text_usage_and_metadata(herd_url: str) -> None:
-    answer = _chat(herd_url).invoke("Say hello.")
+@pytest.fixture
+def make_chat() -> Iterator[ChatFactory]:
+    """``make_chat(url, model, **kwargs)``; ChatOllama never closes its HTTP client, we do."""
+    made: list[ChatOllama] = []
+
+    def make(url: str, model: str = TOOLS_MODEL, **kwargs: Any) -> ChatOllama:
+        chat = ChatOllama(model=model, base_url=url, **kwargs)
+        made.append(chat)
+        return chat
+
+    yield make
+    for chat in made:
+        chat._client._client.close()  # ollama.Client.close is untyped
+
+
+def test_invoke_has_text_usage_and_metadata(herd_url: str, make_chat: ChatFactory) -> None:
+    answer = make_chat(herd_url).invoke("Say hello.")
     assert isinstance(answer, AIMessage) and isinstance(answer.content, str)
     assert answer.content.strip()
     # usage needs both prompt_eval_count and eval_count in the final chunk
@@ -40,16 +57,16 @@ def test_invoke_has_text_usage_and_metadata(herd_url: str) -> None:
     assert answer.response_metadata["model"] == TOOLS_MODEL
 
 
-def test_stream_concatenates_to_the_invoke_text(herd_url: str) -> None:
-    model = _chat(herd_url)
+def test_stream_concatenates_to_the_invoke_text(herd_url: str, make_chat: ChatFactory) -> None:
+    model = make_chat(herd_url)
     chunks = list(model.stream("Say hello."))
     assert len(chunks) > 2 and all(isinstance(c, AIMessageChunk) for c in chunks)
     text = "".join(str(c.content) for c in chunks)
     assert text == model.invoke("Say hello.").content
 
 
-def test_bind_tools_parses_tool_calls(herd_url: str) -> None:
-    answer = _chat(herd_url).bind_tools([get_weather]).invoke("Weather in Paris?")
+def test_bind_tools_parses_tool_calls(herd_url: str, make_chat: ChatFactory) -> None:
+    answer = make_chat(herd_url).bind_tools([get_weather]).invoke("Weather in Paris?")
     assert isinstance(answer, AIMessage)
     assert answer.tool_calls, answer
     call = answer.tool_calls[0]
@@ -58,21 +75,21 @@ def test_bind_tools_parses_tool_calls(herd_url: str) -> None:
     assert not answer.invalid_tool_calls
 
 
-def test_with_structured_output_json_schema(herd_url: str) -> None:
-    structured = _chat(herd_url).with_structured_output(City, method="json_schema")
+def test_with_structured_output_json_schema(herd_url: str, make_chat: ChatFactory) -> None:
+    structured = make_chat(herd_url).with_structured_output(City, method="json_schema")
     city = structured.invoke("A city, please.")
     assert isinstance(city, City)
 
 
-def test_reasoning_goes_to_additional_kwargs(herd_url: str) -> None:
-    answer = _chat(herd_url, reasoning=True).invoke("Why?")
+def test_reasoning_goes_to_additional_kwargs(herd_url: str, make_chat: ChatFactory) -> None:
+    answer = make_chat(herd_url, reasoning=True).invoke("Why?")
     assert answer.additional_kwargs.get("reasoning_content"), answer
     assert "<think>" not in str(answer.content)
 
 
 @pytest.mark.e2e
-def test_gemma_structured_output(gemma_url: str) -> None:
-    model = _chat(gemma_url, GEMMA, temperature=0, seed=7, num_predict=80)
+def test_gemma_structured_output(gemma_url: str, make_chat: ChatFactory) -> None:
+    model = make_chat(gemma_url, GEMMA, temperature=0, seed=7, num_predict=80)
     assert str(model.invoke("Say hi.").content).strip()
     city = model.with_structured_output(City, method="json_schema").invoke(
         "Give me a city and its population."
