@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import ApiFactory, WorkerFactory
 from worker.fake_engine import REPLY, FakeEngine
 
+PLAIN = "registry.ollama.ai/library/plain:latest"
 CHAT = {"model": "gemma3:270m", "messages": [{"role": "user", "content": "hi"}]}
 TOOL = {
     "type": "function",
@@ -189,19 +190,74 @@ async def _two_workers(api: ApiFactory, worker: WorkerFactory) -> httpx.AsyncCli
 @pytest.mark.parametrize(
     ("path", "body", "status", "error"),
     [
-        ("/api/generate", {"model": "embedder", "prompt": "x"}, 400, '"embedder" does not support generate'),
-        ("/api/chat", {"model": "embedder", "messages": []}, 400, '"embedder" does not support chat'),
-        ("/api/chat", {"model": "plain", "messages": [{"role": "user"}], "tools": [TOOL]}, 400, "registry.ollama.ai/library/plain:latest does not support tools"),
-        ("/api/generate", {"model": "plain", "prompt": "x", "suffix": "y"}, 400, "registry.ollama.ai/library/plain:latest does not support insert"),
-        ("/api/generate", {"model": "plain", "prompt": "x", "think": True}, 400, '"plain" does not support thinking'),
-        ("/api/generate", {"model": "plain", "prompt": "x", "images": ["iVBORw0KGgo="]}, 400, "registry.ollama.ai/library/plain:latest does not support vision"),
-        ("/api/generate", {"model": "plain", "prompt": "x", "images": ["not base64"]}, 400, "illegal base64 data at input byte 3"),
-        ("/api/generate", {"model": "plain", "prompt": "x", "think": "extra"}, 400, 'invalid think value: "extra" (must be "high", "medium", "low", "max", true, or false)'),
-        ("/api/generate", {"model": "plain", "prompt": "x", "keep_alive": "10"}, 400, 'time: missing unit in duration "10"'),
-        ("/api/chat", {"model": "plain", "messages": [], "top_logprobs": 99}, 400, "top_logprobs must be between 0 and 20"),
-        ("/api/chat", {"model": "plain", "messages": [], "options": {"stop": "x"}}, 400, 'option "stop" must be of type array'),
+        (
+            "/api/generate",
+            {"model": "embedder", "prompt": "x"},
+            400,
+            '"embedder" does not support generate',
+        ),
+        (
+            "/api/chat",
+            {"model": "embedder", "messages": []},
+            400,
+            '"embedder" does not support chat',
+        ),
+        (
+            "/api/chat",
+            {"model": "plain", "messages": [{"role": "user"}], "tools": [TOOL]},
+            400,
+            f"{PLAIN} does not support tools",
+        ),
+        (
+            "/api/generate",
+            {"model": "plain", "prompt": "x", "suffix": "y"},
+            400,
+            f"{PLAIN} does not support insert",
+        ),
+        (
+            "/api/generate",
+            {"model": "plain", "prompt": "x", "think": True},
+            400,
+            '"plain" does not support thinking',
+        ),
+        (
+            "/api/generate",
+            {"model": "plain", "prompt": "x", "images": ["iVBORw0KGgo="]},
+            400,
+            f"{PLAIN} does not support vision",
+        ),
+        (
+            "/api/generate",
+            {"model": "plain", "prompt": "x", "images": ["not base64"]},
+            400,
+            "illegal base64 data at input byte 3",
+        ),
+        (
+            "/api/generate",
+            {"model": "plain", "prompt": "x", "think": "extra"},
+            400,
+            'invalid think value: "extra" (must be "high", "medium", "low", "max", true, or false)',
+        ),
+        (
+            "/api/generate",
+            {"model": "plain", "prompt": "x", "keep_alive": "10"},
+            400,
+            'time: missing unit in duration "10"',
+        ),
+        (
+            "/api/chat",
+            {"model": "plain", "messages": [], "top_logprobs": 99},
+            400,
+            "top_logprobs must be between 0 and 20",
+        ),
+        (
+            "/api/chat",
+            {"model": "plain", "messages": [], "options": {"stop": "x"}},
+            400,
+            'option "stop" must be of type array',
+        ),
     ],
-)  # fmt: skip
+)
 async def test_capability_and_field_errors(
     api: ApiFactory,
     worker: WorkerFactory,

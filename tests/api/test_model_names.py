@@ -55,7 +55,7 @@ def test_parts() -> None:
     ],
 )
 def test_invalid_names(name: str) -> None:
-    with pytest.raises(InvalidRequest, match="^invalid model name$"):
+    with pytest.raises(InvalidRequest, match=r"^invalid model name$"):
         normalize(name)
 
 

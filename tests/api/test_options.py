@@ -203,5 +203,5 @@ def test_images_must_decode() -> None:
     good = base64.b64encode(b"\x00\xff image").decode()
     assert options.check_images([good]) == [good]
     assert options.check_images([]) is None
-    with pytest.raises(InvalidRequest, match="^illegal base64 data at input byte 2$"):
+    with pytest.raises(InvalidRequest, match=r"^illegal base64 data at input byte 2$"):
         options.check_images([good, "ab=c"])
