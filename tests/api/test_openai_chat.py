@@ -327,3 +327,19 @@ async def test_non_streamed_disconnect_cancels_too(api: ApiFactory, worker: Work
     while slow.active_jobs and time.monotonic() - left < 2:
         await asyncio.sleep(0.02)
     assert slow.active_jobs == 0
+
+
+async def test_a_queued_stream_whose_client_left_never_runs(
+    api: ApiFactory, worker: WorkerFactory
+) -> None:
+    client = await api()
+    busy = await worker(num_parallel=1, fake_token_delay_s=0.05)
+    running = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
+    while not busy.active_jobs:
+        await asyncio.sleep(0.01)
+    # nothing is sent before the first token, so the client gives up while queued
+    with contextlib.suppress(httpx.ReadTimeout):
+        await client.post("/v1/chat/completions", json={**CHAT, "stream": True}, timeout=0.2)
+    assert (await running).status_code == 200
+    await asyncio.sleep(0.3)  # the worker is free: it claims and drops the cancelled job
+    assert len(busy.engine.seen) == 1  # type: ignore[attr-defined]
