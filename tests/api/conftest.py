@@ -66,6 +66,16 @@ async def advertise(
 
 
 @pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """The session's Redis, flushed before and after (adverts written here outlive a test)."""
+    client = Redis.from_url(redis_url)
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+@pytest.fixture
 async def state(
     redis: Redis, redis_url: str, make_settings: SettingsFactory
 ) -> AsyncIterator[AppState]:

@@ -86,6 +86,8 @@ async def test_delete_of_nothing_fails(catalog: Catalog) -> None:
 async def test_aliases_of_models_no_worker_serves_are_not_listed(
     catalog: Catalog, redis: Redis
 ) -> None:
-    await redis.hset(keys.CATALOG_ALIASES, "x:latest", "gone:latest")
+    async with redis.pipeline() as pipe:
+        pipe.hset(keys.CATALOG_ALIASES, "x:latest", "gone:latest")
+        await pipe.execute()
     assert "x:latest" not in await _names(catalog)
     assert await catalog.resolve("x:latest") is None
