@@ -33,6 +33,8 @@ TOOLS_MODEL = "fake-tools:latest"
 PLAIN_MODEL = "fake-plain:latest"
 EMBED_MODEL = "fake-embed:latest"
 GEMMA = "gemma3:270m"
+#: Small, so prompts over the limit are cheap to evaluate on two cores.
+GEMMA_NUM_CTX = 512
 ALL_CAPABILITIES = ["completion", "tools", "thinking", "insert", "embedding"]
 #: The API refuses bodies above this (small, so the contract can test the limit cheaply).
 MAX_BODY_BYTES = 1024 * 1024
@@ -111,7 +113,7 @@ class Cluster:
     def add_gemma(self) -> None:
         if self.gemma:
             return
-        port = self._worker("gemma", {"HERD_ENGINE": "llama", "HERD_NUM_CTX": "2048"})
+        port = self._worker("gemma", {"HERD_ENGINE": "llama", "HERD_NUM_CTX": str(GEMMA_NUM_CTX)})
         self._ready([port], [f"{GEMMA}"], timeout_s=180)
         self.gemma = True
 

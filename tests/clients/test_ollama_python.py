@@ -16,7 +16,7 @@ import ollama
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.clients.cluster import EMBED_MODEL, GEMMA, PLAIN_MODEL, TOOLS_MODEL
+from tests.clients.cluster import EMBED_MODEL, GEMMA, GEMMA_NUM_CTX, PLAIN_MODEL, TOOLS_MODEL
 
 SHORT = {"num_predict": 12, "temperature": 0, "seed": 7}
 
@@ -364,3 +364,20 @@ def test_gemma_refuses_tools_and_thinking(gemma: ollama.Client) -> None:
         gemma.chat(model=GEMMA, messages=message, think=True)
     assert info.value.status_code == 400
     assert info.value.error == f'"{GEMMA}" does not support thinking'
+
+
+@pytest.mark.e2e
+def test_gemma_refuses_inputs_longer_than_the_context(gemma: ollama.Client) -> None:
+    long = "word " * (GEMMA_NUM_CTX + 100)
+    with pytest.raises(ollama.ResponseError) as info:
+        gemma.embed(model=GEMMA, input=long, truncate=False)
+    assert info.value.status_code == 400
+    assert info.value.error == "the input length exceeds the context length"
+    truncated = gemma.embed(model=GEMMA, input=long)  # truncate defaults to true
+    assert len(truncated.embeddings[0]) == 640
+    # ollama-python has no `shift`; its own HTTP client sends it
+    refused = gemma._client.post(
+        "/api/generate", json={"model": GEMMA, "prompt": long, "shift": False, "stream": False}
+    )
+    assert refused.status_code == 400, refused.text[:300]
+    assert refused.json()["error"].startswith("the prompt is longer than the context length")

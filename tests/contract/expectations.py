@@ -204,12 +204,17 @@ NATIVE: list[Case] = [
     Case("generate-keep-alive-other-type", _G, gen(keep_alive=[1]), 400, "Unsupported type: '",
          "§3.5", prefix=True),
     Case("generate-format-invalid", _G, gen(format="xml", stream=False), 500,
-         'invalid format: "xml"; expected "json" or a valid JSON Schema object', "§3.1"),
+         # Go's %q of the raw JSON `"xml"`, quotes included
+         'invalid format: "\\"xml\\""; expected "json" or a valid JSON Schema object', "§3.1"),
     Case("generate-bad-base64-image", _G, gen(images=["!!!"]), 400,
          "illegal base64 data at input byte", "§3.1", prefix=True),
     Case("generate-option-wrong-type", _G, gen(options={"temperature": "hot"}), 400,
          'option "temperature" must be of type float32', "§3.6 §12.7",
          deviation="wrong option types are 400 (bad input), not Ollama's 500"),
+    Case("generate-prompt-too-long-without-shift", _G, gen(prompt="word " * 20000, shift=False),
+         400, "the prompt is longer than the context length currently available to the model; "
+         "shorten the prompt, adjust the context length in settings, or use a model with a "
+         "longer context length", "§3.7"),
     Case("generate-legacy-options-accepted", _G,
          gen(stream=False, options={"numa": False, "penalize_newline": True, "mirostat": 0}),
          200, None, "§3.6"),
