@@ -41,7 +41,8 @@ async def parse_body(request: Request, model: type[M]) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
-        field = ".".join(str(part) for part in error["loc"])
+        # Go names the field path without list indexes (ChatRequest.messages.content)
+        field = ".".join(str(part) for part in error["loc"] if not isinstance(part, int))
         want = _GO_TYPES.get(error["type"], error["type"])
         raise InvalidRequest(
             f"json: cannot unmarshal {_kind(error.get('input'))} into Go struct field "

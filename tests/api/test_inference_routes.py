@@ -311,3 +311,15 @@ async def test_a_bool_field_given_a_string_is_a_decoding_error(client: httpx.Asy
         "cannot unmarshal string into Go struct field GenerateRequest.stream of type bool"
         in (response.json()["error"])
     )
+
+
+async def test_a_nested_field_of_the_wrong_type_names_its_go_path(
+    client: httpx.AsyncClient,
+) -> None:
+    body = {"model": "gemma3:270m", "messages": [{"role": "user", "content": 5}]}
+    response = await client.post("/api/chat", json=body)
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "json: cannot unmarshal number into Go struct field "
+        "ChatRequest.messages.content of type string"
+    }
