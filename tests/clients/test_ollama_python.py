@@ -167,6 +167,32 @@ def test_generate_format_json_parses(client: ollama.Client) -> None:
     assert isinstance(json.loads(response.response or ""), dict | list)
 
 
+def test_generate_logprobs_cover_the_text(client: ollama.Client) -> None:
+    response = client.generate(
+        model=TOOLS_MODEL, prompt="Say hello.", logprobs=True, top_logprobs=2
+    )
+    assert response.logprobs
+    assert "".join(entry.token for entry in response.logprobs) == response.response
+    for entry in response.logprobs:
+        assert entry.logprob <= 0
+        assert entry.top_logprobs is not None and len(entry.top_logprobs) == 2
+
+
+def test_chat_streamed_logprobs_arrive_with_their_chunks(client: ollama.Client) -> None:
+    parts = list(
+        client.chat(
+            model=TOOLS_MODEL,
+            messages=[{"role": "user", "content": "Hi"}],
+            logprobs=True,
+            stream=True,
+        )
+    )
+    for part in parts:
+        if part.message.content:
+            assert part.logprobs is not None
+            assert "".join(e.token for e in part.logprobs) == part.message.content
+
+
 def test_mid_stream_error_raises_response_error(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as info:
         for _ in client.generate(model=TOOLS_MODEL, prompt="[[fake:fail]]", stream=True):
@@ -319,6 +345,16 @@ def test_gemma_generate_and_chat_real_tokens(gemma: ollama.Client) -> None:
     generated = gemma.generate(model=GEMMA, prompt="The sky is", options=SHORT)
     assert (generated.response or "").strip() and generated.context
     assert generated.eval_count is not None and 0 < generated.eval_count <= 12
+    scored = gemma.generate(
+        model=GEMMA, prompt="The sky is", options=SHORT, logprobs=True, top_logprobs=3
+    )
+    assert scored.response == generated.response  # seeded, temperature 0
+    assert scored.logprobs and len(scored.logprobs) == scored.eval_count
+    assert "".join(e.token for e in scored.logprobs) == scored.response
+    for entry in scored.logprobs:
+        assert entry.top_logprobs is not None and len(entry.top_logprobs) == 3
+        # greedy decoding picks the most likely token
+        assert entry.logprob == pytest.approx(max(t.logprob for t in entry.top_logprobs))
     parts = list(
         gemma.chat(
             model=GEMMA,

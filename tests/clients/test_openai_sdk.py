@@ -171,6 +171,16 @@ def test_chat_max_tokens_limits_and_reports_length(client: openai.OpenAI) -> Non
     assert completion.usage is not None and completion.usage.completion_tokens == 2
 
 
+def test_chat_logprobs(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model=TOOLS_MODEL, messages=HELLO, logprobs=True, top_logprobs=2
+    )
+    choice = completion.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content
+    assert "".join(t.token for t in choice.logprobs.content) == choice.message.content
+    assert all(len(t.top_logprobs) == 2 for t in choice.logprobs.content)
+
+
 def test_completions(client: openai.OpenAI) -> None:
     completion = client.completions.create(model=TOOLS_MODEL, prompt="Say hello.")
     assert completion.id.startswith("cmpl-") and completion.object == "text_completion"

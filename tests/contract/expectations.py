@@ -193,6 +193,7 @@ NATIVE: list[Case] = [
          "§3.1"),
     Case("generate-suffix-without-insert", _G, gen(model="fake-plain", suffix="y"), 400,
          f"registry.ollama.ai/library/{PLAIN_MODEL} does not support insert", "§3.1"),
+    Case("generate-suffix-with-insert", _G, gen(suffix="y", stream=False), 200, None, "§3.1"),
     Case("generate-raw-with-system", _G, gen(raw=True, system="s"), 400,
          "raw mode does not support template, system, or context", "§3.1"),
     Case("generate-top-logprobs-range", _G, gen(logprobs=True, top_logprobs=21), 400,

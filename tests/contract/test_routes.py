@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.clients.cluster import MAX_BODY_BYTES, TOOLS_MODEL
+from tests.clients.cluster import MAX_BODY_BYTES, PLAIN_MODEL, TOOLS_MODEL
 from tests.contract.expectations import (
     NATIVE,
     OPENAI,
@@ -178,6 +178,32 @@ def test_stream_error_before_first_byte_is_a_status_then_mid_stream_is_a_line(
     assert late.status_code == 200
     last = json.loads(late.text.rstrip("\n").split("\n")[-1])
     assert last == {"error": "fake engine failure"}
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "empty"),
+    [
+        ("POST /api/generate", {"model": PLAIN_MODEL}, {"response": ""}),
+        (
+            "POST /api/chat",
+            {"model": PLAIN_MODEL},
+            {"message": {"role": "assistant", "content": ""}},
+        ),
+    ],
+)
+def test_load_then_unload_answer_one_json_object_each(
+    http: httpx.Client, route: str, body: dict[str, Any], empty: dict[str, Any]
+) -> None:
+    """§3.4: an empty prompt (or no messages) loads, with keep_alive 0 unloads; streaming is
+    the default, yet the answer is one JSON object."""
+    method, path = _split(route)
+    for extra, reason in (({}, "load"), ({"keep_alive": 0}, "unload")):
+        response = _send(http, method, path, {**body, **extra})
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("application/json")
+        answer = response.json()
+        assert answer.pop("created_at").endswith("Z")
+        assert answer == {"model": PLAIN_MODEL, **empty, "done": True, "done_reason": reason}
 
 
 # --- §1: CORS, the Host guard, the body limit --------------------------------------------------
