@@ -64,10 +64,10 @@ def _norm(vector: Sequence[float]) -> float:
 
 
 def test_generate_not_streamed(client: ollama.Client) -> None:
-    response = client.generate(model=TOOLS_MODEL, prompt="Say hello.")
+    response = client.generate(model="Fake-Tools", prompt="Say hello.")
     assert response.done is True and response.done_reason == "stop"
     assert response.response and response.response.strip()
-    assert response.model == TOOLS_MODEL
+    assert response.model == "Fake-Tools"  # echoed as sent; names match case-insensitively
     assert response.eval_count is not None and response.eval_count > 0
 
 
@@ -85,6 +85,18 @@ def test_chat_not_streamed_and_streamed_agree(client: ollama.Client) -> None:
     assert whole.message.role == "assistant" and whole.message.content
     assert "".join(p.message.content or "" for p in parts) == whole.message.content
     assert parts[-1].done and parts[-1].done_reason == whole.done_reason == "stop"
+
+
+async def test_async_client_streams_chat(herd_url: str) -> None:
+    client = ollama.AsyncClient(host=herd_url)
+    try:
+        stream = await client.chat(
+            model=TOOLS_MODEL, messages=[{"role": "user", "content": "Hi"}], stream=True
+        )
+        parts = [part async for part in stream]
+    finally:
+        await client._client.aclose()
+    assert parts[-1].done and "".join(p.message.content or "" for p in parts).strip()
 
 
 def test_chat_with_a_python_function_as_tool_returns_a_tool_call(client: ollama.Client) -> None:
