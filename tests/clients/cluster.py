@@ -114,7 +114,7 @@ class Cluster:
         if self.gemma:
             return
         port = self._worker("gemma", {"HERD_ENGINE": "llama", "HERD_NUM_CTX": str(GEMMA_NUM_CTX)})
-        self._ready([port], [f"{GEMMA}"], timeout_s=180)
+        self._ready([port], [GEMMA], timeout_s=180)
         self.gemma = True
 
     def _ready(self, health_ports: list[int], models: list[str], timeout_s: float) -> None:
