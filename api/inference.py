@@ -100,7 +100,7 @@ async def respond(
 ) -> Response:
     answer = objects(dispatcher, call, queue_timeout_s=queue_timeout_s, aggregate=not stream)
     if stream:
-        return await ndjson_response(answer)
+        return await ndjson_response(request, answer)
     final = await unless_disconnected(request, anext(answer))
     await answer.aclose()
     return JSONResponse(final)

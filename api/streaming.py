@@ -28,10 +28,12 @@ def _line(obj: dict[str, Any]) -> bytes:
     return orjson.dumps(obj) + b"\n"
 
 
-async def ndjson_response(objects: AsyncIterator[dict[str, Any]]) -> Response:
-    """Wait for the first object (errors become a status), then stream the rest."""
+async def ndjson_response(request: Request, objects: AsyncIterator[dict[str, Any]]) -> Response:
+    """Wait for the first object (errors become a status), then stream the rest.
+
+    The wait watches the client: one that leaves while its job is queued cancels it."""
     try:
-        first = await anext(objects)
+        first = await unless_disconnected(request, anext(objects))
     except StopAsyncIteration:
         raise HerdError("the model produced no response") from None
 

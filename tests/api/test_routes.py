@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
+import httpx
 import orjson
 import pytest
 
@@ -176,3 +180,19 @@ async def test_error_before_first_token_is_a_status(api: ApiFactory, worker: Wor
     response = await client.post("/api/chat", json={**body, "stream": True})
     assert response.status_code == 200
     assert orjson.loads(response.text.splitlines()[-1])["done"] is True
+
+
+async def test_a_queued_stream_whose_client_left_never_runs(
+    api: ApiFactory, worker: WorkerFactory
+) -> None:
+    client = await api()
+    busy = await worker(num_parallel=1, fake_token_delay_s=0.05)
+    running = asyncio.create_task(client.post("/api/chat", json={**CHAT, "stream": False}))
+    while not busy.active_jobs:
+        await asyncio.sleep(0.01)
+    # a streamed answer sends nothing before its first chunk: the client gives up while queued
+    with contextlib.suppress(httpx.ReadTimeout):
+        await client.post("/api/chat", json={**CHAT, "stream": True}, timeout=0.2)
+    assert (await running).status_code == 200
+    await asyncio.sleep(0.3)  # the worker is free: it claims and drops the cancelled job
+    assert len(busy.engine.seen) == 1  # type: ignore[attr-defined]
