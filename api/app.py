@@ -11,7 +11,7 @@ from api import errors, http
 from api.dispatch import Dispatcher
 from api.registry import Registry
 from api.router import TokenRouter
-from api.routes import catalog, embed, health, inference, models, ps, show
+from api.routes import catalog, embed, health, inference, models, openai, ps, show
 from api.state import AppState
 from shared.redis import connect
 from shared.settings import Settings
@@ -54,7 +54,6 @@ def create_app(settings: Settings) -> FastAPI:
     )
     errors.install(app)
     http.install(app, settings)
-    for module in (health, models, show, ps, catalog, inference, embed):
+    for module in (health, models, show, ps, catalog, inference, embed, openai):
         app.include_router(module.router)
-    app.include_router(__import__("api.routes.openai", fromlist=["router"]).router)
     return app
