@@ -5,8 +5,9 @@ Delivery semantics:
 - A job is claimed with ``XREADGROUP`` (group ``keys.JOB_GROUP``, consumer = worker id)
   only while a slot is free, and removed (``XACK`` + ``XDEL``) after its final event —
   done or error — is published; the stream holds only outstanding work.
-- Before running, the worker publishes ``started``; PUBLISH answering 0 (no listener) or a
-  cancel marker means the client is gone, and the job is dropped unrun. While running, a
+- Before running (with its model loaded: ``worker.jobs``), the worker publishes
+  ``started``; PUBLISH answering 0 (no listener) or a cancel marker means the client is
+  gone, and the job is dropped unrun. While running, a
   token that reaches no listener stops the generation.
 - A worker whose advert expired is dead; live workers ``XCLAIM`` its pending entries when
   they have a free slot (never merely idle ones: a healthy generation can run for minutes)

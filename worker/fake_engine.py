@@ -92,6 +92,8 @@ class FakeEngine:
     async def load(self, name: str, options: LoadOptions) -> None:
         if name not in {m.name for m in self._models}:
             raise EngineFailure(f"model '{name}' not found")
+        if self._loaded.get(name) == options:
+            return  # loaded like this already
         if self._load_delay:
             await asyncio.sleep(self._load_delay)
         self._loaded[name] = options

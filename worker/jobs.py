@@ -4,8 +4,8 @@ Every kind first holds its model resident (``Residency.use``: loading it if need
 publishes ``started`` (its ``load_ns`` covers the queue wait and the load, Ollama's
 ``load_duration``); nobody listening means the client is gone and the job is dropped.
 
-- ``load``: nothing more; the advert is refreshed (so /api/ps shows the model at once) and
-  the answer is done with ``done_reason: "load"``.
+- ``load``: nothing more; the answer is done with ``done_reason: "load"``. The advert is
+  refreshed before (after every load, for every kind), so /api/ps shows the model at once.
 - ``embed``: the engine's vectors, cut to ``dimensions`` and normalised, on the done event.
 - ``chat``/``generate``: the engine's pieces through ``worker.postprocess`` (thinking, tool
   calls), as token events; a token that reaches nobody stops the generation.
@@ -57,13 +57,16 @@ class JobRunner:
                 keys.cancel_key(job.request_id)
             ):
                 return
-            async with self._residency.use(job.model, job.load, job.keep_alive_s):
+            async with self._residency.use(job.model, job.load, job.keep_alive_s) as fresh:
+                if fresh:  # the advert shows the model before any answer does
+                    await self._refresh_advert()
                 waited_ns = max(0, int(time.time() * 1000) - job.enqueued_at_ms) * 1_000_000
                 if not await publisher.started(self._worker_id, waited_ns):
                     return
                 outcome = "cancelled"
                 if job.kind == "load":
-                    await self._refresh_advert()
+                    if not fresh:  # its keep_alive may have changed the expiry
+                        await self._refresh_advert()
                     await publisher.loaded()
                     outcome = "load"
                 elif job.kind == "embed":

@@ -1,7 +1,8 @@
 """Which models are resident on this worker, and for how long (Ollama's scheduler, per worker).
 
 - A job ``use``s its model: if it is not loaded, or loaded with other load-time options
-  (``job.load``), it is loaded first. Loads and unloads run one at a time (a lock), so
+  (``job.load``), it is loaded first (``engine.load``, which also reloads, once the
+  model's running jobs are done). Loads and unloads run one at a time (a lock), so
   concurrent jobs of a model wait for its one load; a job of a loaded model never waits.
 - At most ``max_loaded`` models stay resident. To make room, the idle model whose expiry
   comes first is unloaded; a busy one never is: the loader waits until one goes idle, and
@@ -93,17 +94,18 @@ class Residency:
     @contextlib.asynccontextmanager
     async def use(
         self, name: str, options: LoadOptions, keep_alive_s: float | None = None
-    ) -> AsyncIterator[None]:
-        """Hold ``name`` loaded (with ``options``) for the body; ``keep_alive_s`` as on the
-        wire (None: unchanged; negative: forever)."""
+    ) -> AsyncIterator[bool]:
+        """Hold ``name`` loaded (with ``options``) for the body, which gets whether this
+        loaded it; ``keep_alive_s`` as on the wire (None: unchanged; negative: forever)."""
         duration = session_seconds(keep_alive_s)
         entry = self._models.get(name)
         if entry is not None and not entry.closing and entry.options == options:
             self._attach(entry, duration)
+            fresh = False
         else:
-            entry = await self._load(name, options, duration)
+            entry, fresh = await self._load(name, options, duration)
         try:
-            yield
+            yield fresh
         finally:
             self._release(entry)
 
@@ -198,38 +200,44 @@ class Residency:
 
     # -- loading and eviction (under the lock) -----------------------------------------
 
-    async def _load(self, name: str, options: LoadOptions, duration: float | None) -> _Resident:
+    async def _load(
+        self, name: str, options: LoadOptions, duration: float | None
+    ) -> tuple[_Resident, bool]:
         async with self._lock:
             while True:
                 changed = self._changed  # taken before the checks: no wake-up is lost
                 entry = self._models.get(name)
-                if entry is not None and entry.options == options:
-                    break  # loaded meanwhile (by the job ahead of this one)
+                if entry is not None and (entry.options == options or not entry.busy):
+                    break  # loaded meanwhile, or to reload now that it is idle
                 if entry is not None:  # other load-time options: reload once it is idle
-                    if not entry.busy:
-                        await self._unload(entry, reason="reload")
-                        continue
                     entry.closing = True
-                elif len(self._models) >= self._max:
-                    if await self._evict_one():
-                        continue
-                else:
-                    entry = None
+                elif len(self._models) < self._max:
                     break
+                elif await self._evict_one():
+                    continue
                 await changed.wait()
             for other in self._models.values():
                 other.closing = False
-            if entry is None:
+            fresh = entry is None or entry.options != options
+            if fresh:
+                # a reload goes through engine.load too: it knows which options differ
+                # in effect (an explicit default is no change) and swaps the model
                 started = time.perf_counter()
                 await self._engine.load(name, options)
+                if entry is not None and entry.timer is not None:
+                    entry.timer.cancel()
                 entry = _Resident(name, options, self._default)
                 self._models[name] = entry
                 log.info(
-                    "model_loaded", model=name, seconds=round(time.perf_counter() - started, 3)
+                    "model_resident",
+                    model=name,
+                    seconds=round(time.perf_counter() - started, 3),
+                    resident=len(self._models),
                 )
                 self._on_change()
+            assert entry is not None
             self._attach(entry, duration)
-            return entry
+            return entry, fresh
 
     async def _evict_one(self) -> bool:
         """Unload the idle model expiring first; False (and one marked closing) if none is idle."""
