@@ -88,9 +88,14 @@ def test_reasoning_goes_to_additional_kwargs(herd_url: str, make_chat: ChatFacto
 
 
 @pytest.mark.e2e
-def test_gemma_structured_output(gemma_url: str, make_chat: ChatFactory) -> None:
-    model = make_chat(gemma_url, GEMMA, temperature=0, seed=7, num_predict=80)
-    assert str(model.invoke("Say hi.").content).strip()
+def test_gemma_invoke_and_structured_output(gemma_url: str, make_chat: ChatFactory) -> None:
+    short = make_chat(gemma_url, GEMMA, temperature=0, seed=7, num_predict=12)
+    answer = short.invoke("Say hi.")
+    assert str(answer.content).strip()
+    assert answer.usage_metadata is not None
+    assert 0 < answer.usage_metadata["output_tokens"] <= 12
+    # the constrained JSON ends (about 30 tokens) well before the limit
+    model = make_chat(gemma_url, GEMMA, temperature=0, seed=7, num_predict=64)
     city = model.with_structured_output(City, method="json_schema").invoke(
         "Give me a city and its population."
     )

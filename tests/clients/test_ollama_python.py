@@ -385,7 +385,7 @@ def test_gemma_format_schema_output_validates(gemma: ollama.Client) -> None:
         model=GEMMA,
         messages=[{"role": "user", "content": "Give me a city and its population as JSON."}],
         format=City.model_json_schema(),
-        options={"num_predict": 80, "temperature": 0, "seed": 7},
+        options={"num_predict": 64, "temperature": 0, "seed": 7},
     )
     assert response.done_reason == "stop", response.message.content
     City.model_validate_json(response.message.content or "")

@@ -258,7 +258,7 @@ def test_gemma_chat_and_schema_on_v1(gemma_url: str) -> None:
             model=GEMMA,
             messages=[{"role": "user", "content": "Give me a city and its population."}],
             response_format=_schema_format(),
-            max_tokens=80,
+            max_tokens=64,
             temperature=0,
             seed=7,
         )
