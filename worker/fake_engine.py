@@ -16,6 +16,8 @@ It reads no model file and implements the whole ``Engine`` protocol deterministi
   normalised, so the worker's normalisation is tested).
 - ``load``/``unload`` only keep books; generating on a model not loaded fails, as in the
   real engine. ``start`` preloads the first model, like the worker's default model.
+- A word is a token: a prompt or an input with more words than the context (``num_ctx``,
+  4096 by default) is refused when ``shift``/``truncate`` is false, with Ollama's texts.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any, Literal
 
 import orjson
 
-from shared.errors import EngineFailure
+from shared.errors import EngineFailure, InvalidRequest
 from shared.messages import GenerateJob, LoadedModel, LoadOptions, Logprob, ModelAdvert, TopLogprob
 from worker.engine import Embeddings, EngineOutput, Finish, Piece
 from worker.schema_example import example
@@ -41,6 +43,12 @@ SIZE_BYTES = 1024 * 1024
 EMBEDDING_LENGTH = 8
 DEFAULT_CONTEXT = 4096
 DEFAULT_CAPABILITIES = ("completion", "tools", "thinking", "insert", "embedding")
+PROMPT_TOO_LONG = (
+    "the prompt is longer than the context length currently available to the model; "
+    "shorten the prompt, adjust the context length in settings, or use a model with a "
+    "longer context length"
+)
+INPUT_TOO_LONG = "the input length exceeds the context length"
 
 
 class FakeEngine:
@@ -103,14 +111,18 @@ class FakeEngine:
         if self._loaded.pop(name, None) is not None:
             self.history.append(("unload", name))
 
-    def _require(self, name: str) -> None:
+    def _require(self, name: str) -> int:
+        """The context length ``name`` is loaded with; fails if it is not loaded."""
         if name not in self._loaded:
             raise EngineFailure(f"model '{name}' is not loaded on this worker")
+        return self._loaded[name].num_ctx or DEFAULT_CONTEXT
 
     async def generate(self, job: GenerateJob) -> AsyncIterator[EngineOutput]:
-        self._require(job.model)
+        n_ctx = self._require(job.model)
         self.seen.append(job.request_id)
         prompt = job.prompt + "".join(m.content for m in job.messages)
+        if len(prompt.split()) > n_ctx and (job.shift is False or job.truncate is False):
+            raise InvalidRequest(PROMPT_TOO_LONG)
         pieces = self._pieces(job)
         limit = job.options.num_predict
         reason: Literal["stop", "length"] = "stop"
@@ -155,7 +167,9 @@ class FakeEngine:
         return pieces
 
     async def embed(self, job: GenerateJob) -> Embeddings:
-        self._require(job.model)
+        n_ctx = self._require(job.model)
+        if job.truncate is False and any(len(text.split()) > n_ctx for text in job.inputs):
+            raise InvalidRequest(INPUT_TOO_LONG)
         await asyncio.sleep(self._delay)
         return Embeddings(
             vectors=[_vector(text) for text in job.inputs],

@@ -9,7 +9,7 @@ import jsonschema  # type: ignore[import-untyped]
 import orjson
 import pytest
 
-from shared.errors import EngineFailure
+from shared.errors import EngineFailure, InvalidRequest
 from shared.messages import ChatMessage, GenerateJob, LoadOptions, SamplingOptions
 from worker.engine import Finish, Piece
 from worker.fake_engine import FAIL_MARKER, REPLY, THOUGHTS, FakeEngine
@@ -234,3 +234,18 @@ async def test_embeddings_are_stable_raw_vectors() -> None:
     assert result.n_prompt_tokens == 7
     with pytest.raises(EngineFailure):
         await engine.embed(job.model_copy(update={"model": "n:1"}))
+
+
+async def test_inputs_longer_than_the_context_are_refused_without_shift_or_truncation() -> None:
+    engine = await _engine()
+    await engine.load("n:1", LoadOptions(num_ctx=8))
+    long = "word " * 9
+    for flags in ({"shift": False}, {"truncate": False}):
+        with pytest.raises(InvalidRequest, match=r"^the prompt is longer than the context"):
+            await _collect(engine, _job(model="n:1", prompt=long, kind="generate", **flags))
+    pieces, _ = await _collect(engine, _job(model="n:1", prompt=long, kind="generate"))
+    assert pieces  # shifted/truncated by default
+    embed = _job(model="n:1", kind="embed", inputs=["short", long])
+    assert len((await engine.embed(embed)).vectors) == 2
+    with pytest.raises(InvalidRequest, match=r"^the input length exceeds the context length$"):
+        await engine.embed(embed.model_copy(update={"truncate": False}))
