@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from shared.errors import EngineFailure, HerdError, ModelNotFound
+from shared.errors import EngineFailure, HerdError, ModelNotFound, Unavailable
 from shared.messages import GenerateJob, LoadedModel, LoadOptions, ModelAdvert
 from worker.catalog import ModelSpec
 from worker.engine import Embeddings, EngineOutput, Finish, Piece
@@ -52,6 +53,11 @@ class _Handoff:
                 return False
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)
         return not self.cancel.is_set()
+
+    def post(self, item: BaseException | object) -> None:
+        """Hand over a last item whether or not the reader keeps up (it may be gone)."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
 
 
 class _Model:
@@ -87,8 +93,9 @@ class LlamaEngine:
             await self.load(name, LoadOptions())
 
     async def close(self) -> None:
+        """Stop every model; generations still running end without their Finish."""
         for name in list(self._loaded):
-            await self.unload(name)
+            await self.unload(name, cancel=True)
 
     async def load(self, name: str, options: LoadOptions) -> None:
         desc = self._describe(name)
@@ -114,12 +121,12 @@ class LlamaEngine:
                 seconds=round(time.perf_counter() - started, 2),
             )
 
-    async def unload(self, name: str) -> None:
-        """Free the model once the jobs already queued on it have run."""
+    async def unload(self, name: str, *, cancel: bool = False) -> None:
+        """Free the model once the jobs already queued on it have run (or are cancelled)."""
         async with self._locks.setdefault(name, asyncio.Lock()):
             model = self._loaded.pop(name, None)
             if model is not None:
-                model.resident.retire()
+                model.resident.retire(cancel=cancel)
                 await asyncio.to_thread(model.resident.wait_closed)
                 log.info("model_unloaded", model=name)
 
@@ -142,20 +149,26 @@ class LlamaEngine:
         resident, vocab = model.resident, model.vocab
 
         def run() -> None:
-            if handoff.cancel.is_set():
-                return
+            finished = False
             try:
-                outputs = generate(resident.llm, resident.desc, vocab, job, handoff.cancel)
-                for item in outputs:
-                    if not handoff.send(item):
-                        break
+                if not handoff.cancel.is_set():
+                    outputs = generate(resident.llm, resident.desc, vocab, job, handoff.cancel)
+                    for item in outputs:
+                        finished = isinstance(item, Finish)
+                        if not handoff.send(item):
+                            break
             except HerdError as exc:
+                finished = True
                 handoff.send(exc)
             except Exception as exc:  # a llama.cpp failure must end the job, not the thread
                 log.exception("generation_failed")
+                finished = True
                 handoff.send(EngineFailure(f"generation failed: {exc}"))
-            handoff.send(_DONE)
+            if not finished:  # cancelled: by its reader (who is gone) or by unloading
+                handoff.post(Unavailable("the model was unloaded before the answer finished"))
+            handoff.post(_DONE)
 
+        resident.cancels.add(handoff.cancel)
         resident.submit(run)
         try:
             while (item := await handoff.out.get()) is not _DONE:
@@ -166,6 +179,7 @@ class LlamaEngine:
                 yield item
         finally:
             handoff.cancel.set()
+            resident.cancels.discard(handoff.cancel)
 
     async def embed(self, job: GenerateJob) -> Embeddings:
         model = await self._model(job)

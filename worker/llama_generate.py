@@ -71,11 +71,11 @@ def generate(
             if cancel.is_set():
                 return
             token = sampler.sample()
-            if job.logprobs:
-                pending.append(logprob(llm, token, job.top_logprobs, vocab.piece))
             if vocab.is_end(token):
                 reason = "stop"
                 break
+            if job.logprobs:
+                pending.append(logprob(llm, token, job.top_logprobs, vocab.piece))
             generated.append(token)
             piece = stream.feed(vocab.piece(token))
             if piece or (pending and stream.stopped):

@@ -85,6 +85,8 @@ class Resident:
         self._lock = threading.Lock()
         self._inbox: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._closed = threading.Event()
+        #: Cancel flags of the generations queued or running here.
+        self.cancels: set[threading.Event] = set()
         self._thread = threading.Thread(
             target=self._run, name=f"llama:{desc.spec.name}", daemon=True
         )
@@ -106,8 +108,11 @@ class Resident:
             self.busy += 1
         self._inbox.put(work)
 
-    def retire(self) -> None:
-        """Free the model once the work queued so far has run."""
+    def retire(self, *, cancel: bool = False) -> None:
+        """Free the model once the work queued so far has run (``cancel``: stopped)."""
+        if cancel:
+            for flag in list(self.cancels):
+                flag.set()
         self._inbox.put(None)
 
     def wait_closed(self, timeout: float | None = None) -> bool:

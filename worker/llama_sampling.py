@@ -45,13 +45,20 @@ def resolve(request: SamplingOptions, model: dict[str, list[Any]]) -> SamplingOp
     return SamplingOptions.model_validate(values)
 
 
+#: Tokens the grammar checks before it is given the whole vocabulary.
+SHORTLIST = 512
+
+
 class Sampler:
     """A llama.cpp sampler chain; ``sample`` picks (and accepts) the next token.
 
     A grammar is not part of the chain: masking a 262k-token vocabulary costs ~100 ms a
     token. As llama.cpp's own ``common_sampler`` does, the token is sampled freely and
-    checked against the grammar alone; only a rejected token makes the grammar mask the
-    whole vocabulary before sampling again.
+    checked against the grammar alone. A rejected token makes the grammar mask the
+    ``SHORTLIST`` likeliest tokens and the chain sample among those allowed; that is what
+    masking everything would give whenever at least ``top_k`` of them are allowed (else
+    the whole vocabulary is masked). Without ``top_k`` the tail past the shortlist is left
+    out, which only drops tokens of negligible probability.
     """
 
     def __init__(
@@ -76,27 +83,44 @@ class Sampler:
             self._view = np.ctypeslib.as_array(self._data)
             self._ids = np.arange(self._n_vocab, dtype=np.int32)
             self._one = (llama_cpp.llama_token_data * 1)()
+            greedy = opts.temperature is not None and opts.temperature <= 0
+            self._need = 1 if greedy or not opts.top_k or opts.top_k <= 0 else opts.top_k
 
     def sample(self) -> int:
         if self._grammar is None:
             return int(llama_cpp.llama_sampler_sample(self._chain, self._ctx, -1))
-        token = self._pick(constrained=False)
+        logits = np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(self._ctx, -1), shape=(self._n_vocab,)
+        )
+        token = self._pick(logits, None)
         if not self._allowed(token):
-            token = self._pick(constrained=True)
+            # the grammar masks the likeliest tokens first; the whole vocabulary only when
+            # too few of them are allowed for the chain's top_k
+            best = np.argpartition(-logits, SHORTLIST - 1)[:SHORTLIST]
+            picked = self._pick(logits, best)
+            token = picked if picked is not None else self._pick(logits, self._ids)
         llama_cpp.llama_sampler_accept(self._grammar, token)
         llama_cpp.llama_sampler_accept(self._chain, token)
         return token
 
-    def _pick(self, *, constrained: bool) -> int:
-        logits = llama_cpp.llama_get_logits_ith(self._ctx, -1)
-        self._view["id"] = self._ids
-        self._view["logit"] = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
-        self._view["p"] = 0.0
+    def _pick(self, logits: Any, ids: Any) -> Any:
+        """Sample from ``ids`` (None: all, unconstrained); with ``ids`` the grammar masks
+        them first, and None comes back when fewer than ``need`` of them survive."""
+        size = self._n_vocab if ids is None else len(ids)
+        view = self._view[:size]
+        view["id"] = self._ids if ids is None else ids
+        view["logit"] = logits if ids is None else logits[ids]
+        view["p"] = 0.0
         candidates = llama_cpp.llama_token_data_array(
-            data=self._data, size=self._n_vocab, selected=-1, sorted=False
+            data=self._data, size=size, selected=-1, sorted=False
         )
-        if constrained:
+        if ids is not None:
             llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(candidates))
+            survivors = int(np.isfinite(view["logit"]).sum())
+            if survivors == 0 and size == self._n_vocab:
+                raise EngineFailure("no token satisfies the requested format")
+            if survivors < self._need and size < self._n_vocab:
+                return None
         llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(candidates))
         if candidates.selected < 0:
             raise EngineFailure("no token satisfies the requested format")

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
-from shared.messages import ChatMessage, GenerateJob
-from worker.templates import GemmaTemplate, JinjaTemplate, job_messages
+import pytest
+
+from shared.errors import InvalidRequest
+from shared.messages import ChatMessage, GenerateJob, ToolCall, ToolCallFunction
+from worker.templates import GemmaTemplate, JinjaTemplate, job_messages, template_capabilities
 
 
 def test_gemma_turns_with_system_folded_into_first_user_turn() -> None:
@@ -48,3 +51,64 @@ def test_generate_prompt_becomes_a_user_turn_with_system() -> None:
         ChatMessage(role="system", content="Sys"),
         ChatMessage(role="user", content="Why?"),
     ]
+
+
+QWEN_LIKE = (
+    "{%- if tools %}<|im_start|>system\n# Tools\n{% for tool in tools %}{{ tool | tojson }}\n"
+    "{% endfor %}<|im_end|>\n{% endif %}"
+    "{%- for m in messages %}<|im_start|>{{ m.role }}\n"
+    "{%- if m.reasoning_content %}<think>{{ m.reasoning_content }}</think>{% endif %}"
+    "{{ m.content }}"
+    "{%- for call in m.tool_calls or [] %}<tool_call>{{ call.function | tojson }}</tool_call>"
+    "{% endfor %}"
+    "{%- if m.role == 'tool' %} ({{ m.name }}){% endif %}<|im_end|>\n{% endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n"
+    "{%- if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n"
+    "{%- endif %}{% endif %}"
+)
+
+
+def test_jinja_template_renders_tools_tool_calls_and_thinking() -> None:
+    template = JinjaTemplate(QWEN_LIKE, bos_token="", eos_token="<|im_end|>")
+    assert template.capabilities == ["tools", "thinking"]
+    call = ToolCall(function=ToolCallFunction(name="get_weather", arguments={"city": "Tokyo"}))
+    messages = [
+        ChatMessage(role="user", content="Weather <in> Tokyo?"),
+        ChatMessage(role="assistant", thinking="Use the tool.", tool_calls=[call]),
+        ChatMessage(role="tool", content="sunny", tool_name="get_weather"),
+    ]
+    tool = {"type": "function", "function": {"name": "get_weather", "description": "Ä & <b>"}}
+    prompt = template.render(messages, tools=[tool], think=False).prompt
+    assert prompt == (
+        "<|im_start|>system\n# Tools\n"
+        '{"type": "function", "function": {"name": "get_weather", "description": "Ä & <b>"}}\n'
+        "<|im_end|>\n"
+        "<|im_start|>userWeather <in> Tokyo?<|im_end|>\n"
+        "<|im_start|>assistant<think>Use the tool.</think>"
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "Tokyo"}}</tool_call><|im_end|>\n'
+        "<|im_start|>toolsunny (get_weather)<|im_end|>\n"
+        "<|im_start|>assistant<think>\n\n</think>"
+    )
+    # thinking is on by default (Ollama's rule for thinking models), and without tools
+    # the template gets none
+    thinking = template.render(messages[:1], tools=None, think=None).prompt
+    assert thinking.endswith("<|im_start|>assistant")
+    assert "# Tools" not in thinking
+
+
+def test_jinja_raise_exception_is_a_bad_request() -> None:
+    template = JinjaTemplate(
+        "{% if messages[0].role != 'user' %}{{ raise_exception('user first') }}{% endif %}",
+        bos_token="",
+        eos_token="",
+    )
+    with pytest.raises(InvalidRequest, match="user first"):
+        template.render([ChatMessage(role="assistant", content="x")], tools=None, think=None)
+
+
+def test_template_capabilities() -> None:
+    assert template_capabilities("{{ messages }}") == []
+    assert template_capabilities("{% if tools %}{% endif %}") == ["tools"]
+    assert template_capabilities("{{ .Tools }}{{ if .Think }}{{ end }}") == ["tools", "thinking"]
+    assert template_capabilities("{{ m.reasoning_content }}") == ["thinking"]
+    assert GemmaTemplate().capabilities == []
