@@ -92,35 +92,36 @@ class Sampler:
         logits = np.ctypeslib.as_array(
             llama_cpp.llama_get_logits_ith(self._ctx, -1), shape=(self._n_vocab,)
         )
-        token = self._pick(logits, None)
+        token = self._draw(self._fill(logits, self._ids))
         if not self._allowed(token):
             # the grammar masks the likeliest tokens first; the whole vocabulary only when
             # too few of them are allowed for the chain's top_k
             best = np.argpartition(-logits, SHORTLIST - 1)[:SHORTLIST]
-            picked = self._pick(logits, best)
-            token = picked if picked is not None else self._pick(logits, self._ids)
+            candidates = self._fill(logits, best)
+            if self._mask(candidates) < self._need:
+                candidates = self._fill(logits, self._ids)
+                if self._mask(candidates) == 0:
+                    raise EngineFailure("no token satisfies the requested format")
+            token = self._draw(candidates)
         llama_cpp.llama_sampler_accept(self._grammar, token)
         llama_cpp.llama_sampler_accept(self._chain, token)
         return token
 
-    def _pick(self, logits: Any, ids: Any) -> Any:
-        """Sample from ``ids`` (None: all, unconstrained); with ``ids`` the grammar masks
-        them first, and None comes back when fewer than ``need`` of them survive."""
-        size = self._n_vocab if ids is None else len(ids)
-        view = self._view[:size]
-        view["id"] = self._ids if ids is None else ids
-        view["logit"] = logits if ids is None else logits[ids]
+    def _fill(self, logits: Any, ids: Any) -> llama_cpp.llama_token_data_array:
+        view = self._view[: len(ids)]
+        view["id"] = ids
+        view["logit"] = logits if len(ids) == self._n_vocab else logits[ids]
         view["p"] = 0.0
-        candidates = llama_cpp.llama_token_data_array(
-            data=self._data, size=size, selected=-1, sorted=False
+        return llama_cpp.llama_token_data_array(
+            data=self._data, size=len(ids), selected=-1, sorted=False
         )
-        if ids is not None:
-            llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(candidates))
-            survivors = int(np.isfinite(view["logit"]).sum())
-            if survivors == 0 and size == self._n_vocab:
-                raise EngineFailure("no token satisfies the requested format")
-            if survivors < self._need and size < self._n_vocab:
-                return None
+
+    def _mask(self, candidates: llama_cpp.llama_token_data_array) -> int:
+        """Let the grammar rule out candidates; how many are left."""
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(candidates))
+        return int(np.isfinite(self._view["logit"][: candidates.size]).sum())
+
+    def _draw(self, candidates: llama_cpp.llama_token_data_array) -> int:
         llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(candidates))
         if candidates.selected < 0:
             raise EngineFailure("no token satisfies the requested format")

@@ -8,7 +8,7 @@ import math
 from collections.abc import AsyncIterator
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 import pytest_asyncio
 
