@@ -3,7 +3,7 @@ fitting it into the context window (``truncate``).
 
 Ollama's rules: a chat too long for the context loses its oldest non-system messages
 (the last message always stays); whatever is still too long keeps its first ``num_keep``
-tokens and its end. ``truncate: false`` refuses instead.
+tokens and its end. ``truncate: false`` (or ``shift: false``) refuses instead.
 """
 
 from __future__ import annotations
@@ -123,10 +123,11 @@ def _insert(job: GenerateJob, desc: Description, vocab: Vocab, n_ctx: int, keep:
 
 def fit(tokens: list[int], job: GenerateJob, n_ctx: int, num_keep: int) -> list[int]:
     """The prompt if it fits; else its first ``num_keep`` tokens and as much of its end as
-    fits (Ollama's runner), or an error when the request said ``truncate: false``."""
+    fits (Ollama's runner), or an error when the request said ``truncate: false`` or
+    ``shift: false`` (Ollama refuses such a prompt when context shift is off)."""
     if len(tokens) <= n_ctx:
         return tokens
-    if job.truncate is False:
+    if job.truncate is False or job.shift is False:
         raise InvalidRequest(f"{TOO_LONG} ({len(tokens)} tokens, context {n_ctx})")
     keep = min(num_keep, n_ctx // 2)
     return tokens[:keep] + tokens[len(tokens) - (n_ctx - keep) :]

@@ -246,6 +246,12 @@ async def test_small_context_load_shift_and_truncation(engine: LlamaEngine) -> N
     assert truncated.n_prompt_tokens <= 256
     with pytest.raises(InvalidRequest, match="longer than the context length"):
         await run(engine, job(kind="chat", messages=history, truncate=False, options=options))
+    # a prompt too long for the context keeps its start and end, unless shift is off
+    long_prompt = "Start. " + "blah " * 300 + "End."
+    _, cut = await run(engine, job(prompt=long_prompt, options=options))
+    assert cut.n_prompt_tokens == 256
+    with pytest.raises(InvalidRequest, match="longer than the context length"):
+        await run(engine, job(prompt=long_prompt, shift=False, options=options))
     await engine.unload(DEFAULT_MODEL)
     assert engine.loaded() == []
     await engine.load(DEFAULT_MODEL, LoadOptions())
