@@ -2,8 +2,8 @@
 
 - The KV cache keeps the previous job's tokens; only the part of the new prompt after the
   longest common prefix is evaluated.
-- ``num_predict``: -1 runs until the model stops (bounded at 10 x num_ctx, as Ollama's
-  llama-server runner does), -2 until the context is full.
+- ``num_predict``: -1 (or 0, as in Ollama's runner) runs until the model stops (bounded at
+  10 x num_ctx, as Ollama's llama-server runner does), -2 until the context is full.
 - When the context fills up, ``shift`` (default on) drops half of the tokens after the
   first ``num_keep`` and carries on, as Ollama does; ``shift: false`` ends the answer there
   with done_reason "length".
@@ -57,7 +57,8 @@ def generate(
     )
     sampler = Sampler(llm, opts, grammar=None if deferred else grammar, history=tokens)
     try:
-        _prefill(llm, tokens)
+        if not _prefill(llm, tokens, cancel):
+            return
         first = time.perf_counter_ns()
         stream = TextStream([*prompt.stops, *(opts.stop or [])])
         generated: list[int] = []
@@ -121,10 +122,10 @@ def _thinking_over(text: str) -> bool:
 
 
 def _limit(opts: SamplingOptions, n_ctx: int) -> int:
-    if opts.num_predict is None or opts.num_predict == -1:
-        return 10 * n_ctx
-    if opts.num_predict < 0:  # -2: fill the context
+    if opts.num_predict == -2:  # fill the context
         return n_ctx
+    if opts.num_predict is None or opts.num_predict <= 0:  # Ollama: 0 and -1 mean no limit
+        return 10 * n_ctx
     return opts.num_predict
 
 
@@ -135,8 +136,9 @@ def _eval(llm: llama_cpp.Llama, tokens: list[int]) -> None:
         raise EngineFailure(f"llama.cpp failed to evaluate the prompt: {exc}") from exc
 
 
-def _prefill(llm: llama_cpp.Llama, tokens: list[int]) -> None:
-    """Evaluate ``tokens``, reusing the KV cache's longest common prefix with them."""
+def _prefill(llm: llama_cpp.Llama, tokens: list[int], cancel: threading.Event) -> bool:
+    """Evaluate ``tokens``, reusing the KV cache's longest common prefix with them; False
+    when cancelled meanwhile (checked between batches)."""
     cached = llm.input_ids[: min(llm.n_tokens, len(tokens))]
     differs = np.flatnonzero(cached != np.asarray(tokens[: cached.size], dtype=cached.dtype))
     common = int(differs[0]) if differs.size else cached.size
@@ -147,7 +149,11 @@ def _prefill(llm: llama_cpp.Llama, tokens: list[int]) -> None:
     else:
         llm.reset()  # type: ignore[no-untyped-call]
         common = 0
-    _eval(llm, tokens[common:])
+    for start in range(common, len(tokens), llm.n_batch):
+        if cancel.is_set():
+            return False
+        _eval(llm, tokens[start : start + llm.n_batch])
+    return True
 
 
 def _make_room(llm: llama_cpp.Llama, job: GenerateJob, opts: SamplingOptions, keep: int) -> bool:

@@ -96,9 +96,11 @@ class Sampler:
         if not self._allowed(token):
             # the grammar masks the likeliest tokens first; the whole vocabulary only when
             # too few of them are allowed for the chain's top_k
-            best = np.argpartition(-logits, SHORTLIST - 1)[:SHORTLIST]
-            candidates = self._fill(logits, best)
-            if self._mask(candidates) < self._need:
+            candidates = None
+            if self._n_vocab > SHORTLIST:
+                best = np.argpartition(-logits, SHORTLIST - 1)[:SHORTLIST]
+                candidates = self._fill(logits, best)
+            if candidates is None or self._mask(candidates) < self._need:
                 candidates = self._fill(logits, self._ids)
                 if self._mask(candidates) == 0:
                     raise EngineFailure("no token satisfies the requested format")

@@ -1,0 +1,222 @@
+"""LlamaEngine on a tiny random-weight llama GGUF made here with the ``gguf`` package: a
+model with a Jinja chat template (tools, thinking) and fill-in-the-middle tokens, the
+path every ``HERD_MODELS_DIR`` model takes. Its answers are noise; the prompts are not."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from shared.messages import (
+    ChatMessage,
+    GenerateJob,
+    SamplingOptions,
+    ToolCall,
+    ToolCallFunction,
+)
+from worker.catalog import ModelSpec
+from worker.engine import Finish, Piece
+from worker.llama_engine import LlamaEngine
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+MODEL = "tiny:latest"
+TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}"
+    "<|im_end|>\n{% endif %}"
+    "{%- for m in messages %}<|im_start|>{{ m.role }}\n"
+    "{% if m.reasoning_content %}<think>{{ m.reasoning_content }}</think>{% endif %}"
+    "{{ m.content }}"
+    "{% for c in m.tool_calls or [] %}<tool_call>{{ c.function | tojson }}</tool_call>"
+    "{% endfor %}<|im_end|>\n{% endfor %}"
+    "<|im_start|>assistant\n{% if enable_thinking %}<think>{% endif %}"
+)
+SPECIALS = ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|im_start|>", "<|im_end|>"]
+USER_DEFINED = ["<think>", "</think>", "<tool_call>", "</tool_call>"]
+PIECES = ["▁", "a", "e", "o", "▁the", "{", "}", '"', ":", ",", "1", "▁a", "t", "s", "n", "\n"]
+GREEDY = SamplingOptions(temperature=0, num_predict=6)
+
+
+def vocabulary() -> list[tuple[str, gguf.TokenType]]:
+    tokens = [
+        ("<unk>", gguf.TokenType.UNKNOWN),
+        ("<s>", gguf.TokenType.CONTROL),
+        ("</s>", gguf.TokenType.CONTROL),
+    ]
+    tokens += [(f"<0x{b:02X}>", gguf.TokenType.BYTE) for b in range(256)]
+    tokens += [(t, gguf.TokenType.CONTROL) for t in SPECIALS]
+    tokens += [(t, gguf.TokenType.USER_DEFINED) for t in USER_DEFINED]
+    return tokens + [(t, gguf.TokenType.NORMAL) for t in PIECES]
+
+
+def write_tiny_llama(path: Path, *, width: int = 64, heads: int = 4, ff: int = 128) -> None:
+    """A one-layer llama with an SPM vocabulary with byte fallback (random weights)."""
+    rng = np.random.default_rng(0)
+    vocab = vocabulary()
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny")
+    writer.add_context_length(512)
+    writer.add_embedding_length(width)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(ff)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(heads)
+    writer.add_rope_dimension_count(width // heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list([t for t, _ in vocab])
+    writer.add_token_scores([-float(i) for i in range(len(vocab))])
+    writer.add_token_types([int(k) for _, k in vocab])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(True)
+    writer.add_add_space_prefix(False)
+    writer.add_chat_template(TEMPLATE)
+
+    def tensor(name: str, *shape: int) -> None:
+        writer.add_tensor(name, (rng.standard_normal(shape) * 0.5).astype(np.float32))
+
+    tensor("token_embd.weight", len(vocab), width)
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(width, np.float32))
+    for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+        tensor(f"blk.0.{name}.weight", width, width)
+    writer.add_tensor("blk.0.ffn_norm.weight", np.ones(width, np.float32))
+    tensor("blk.0.ffn_gate.weight", ff, width)
+    tensor("blk.0.ffn_up.weight", ff, width)
+    tensor("blk.0.ffn_down.weight", width, ff)
+    writer.add_tensor("output_norm.weight", np.ones(width, np.float32))
+    tensor("output.weight", len(vocab), width)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def detokenize(ids: list[int]) -> str:
+    """The tiny vocabulary's text for ``ids`` (control tokens included)."""
+    vocab = vocabulary()
+    out = b""
+    for token in ids:
+        text, kind = vocab[token]
+        if kind == gguf.TokenType.BYTE:
+            out += bytes([int(text[3:5], 16)])
+        elif token != 1:  # BOS
+            out += text.replace("▁", " ").encode()
+    return out.decode()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LlamaEngine]:
+    path = tmp_path_factory.mktemp("models") / "tiny.gguf"
+    write_tiny_llama(path)
+    engine = LlamaEngine([ModelSpec(name=MODEL, path=path)], n_ctx=256, n_gpu_layers=0)
+    await engine.start()
+    yield engine
+    await engine.close()
+
+
+def job(**fields: Any) -> GenerateJob:
+    fields.setdefault("kind", "generate")
+    fields.setdefault("options", GREEDY)
+    return GenerateJob(request_id="r", model=MODEL, enqueued_at_ms=0, deadline_ms=1, **fields)
+
+
+async def run(engine: LlamaEngine, request: GenerateJob) -> tuple[str, Finish]:
+    text, finish = "", None
+    async for output in engine.generate(request):
+        if isinstance(output, Piece):
+            text += output.text
+        else:
+            finish = output
+    assert finish is not None and finish.context is not None
+    return text, finish
+
+
+def prompt_of(finish: Finish) -> str:
+    assert finish.context is not None
+    return detokenize(finish.context[: finish.n_prompt_tokens])
+
+
+async def test_advert_of_a_gguf_with_a_jinja_template(engine: LlamaEngine) -> None:
+    [advert] = engine.models()
+    assert advert.capabilities == ["completion", "tools", "thinking", "insert"]
+    assert advert.template == TEMPLATE
+    assert advert.parameters == {"stop": ["</s>"]}
+    assert advert.context_length == 512
+    [status] = engine.loaded()
+    assert status.context_length == 256
+
+
+async def test_chat_history_with_tools_tool_calls_and_thinking(engine: LlamaEngine) -> None:
+    call = ToolCall(function=ToolCallFunction(name="weather", arguments={"city": "Oslo"}))
+    history = [
+        ChatMessage(role="user", content="Weather?"),
+        ChatMessage(role="assistant", thinking="Ask the tool.", tool_calls=[call]),
+        ChatMessage(role="tool", content="rain", tool_name="weather"),
+    ]
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {}}}
+    _, finish = await run(engine, job(kind="chat", messages=history, tools=[tool], think=False))
+    assert prompt_of(finish) == (
+        "<|im_start|>system\n"
+        '{"type": "function", "function": {"name": "weather", "parameters": {}}}\n'
+        "<|im_end|>\n"
+        "<|im_start|>user\nWeather?<|im_end|>\n"
+        "<|im_start|>assistant\n<think>Ask the tool.</think>"
+        '<tool_call>{"name": "weather", "arguments": {"city": "Oslo"}}</tool_call><|im_end|>\n'
+        "<|im_start|>tool\nrain<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    # thinking models think unless told not to
+    _, thinking = await run(engine, job(kind="chat", messages=history[:1]))
+    assert prompt_of(thinking).endswith("<|im_start|>assistant\n<think>")
+
+
+async def test_suffix_is_filled_in_the_middle(engine: LlamaEngine) -> None:
+    _, finish = await run(engine, job(prompt="the a", suffix="tea"))
+    assert prompt_of(finish) == "<|fim_prefix|>the a<|fim_suffix|>tea<|fim_middle|>"
+    assert finish.context is not None and finish.context[0] == 1  # BOS first
+
+
+async def test_format_waits_for_the_end_of_thinking(engine: LlamaEngine) -> None:
+    options = SamplingOptions(temperature=0, num_predict=12)
+    messages = [ChatMessage(role="user", content="JSON please")]
+    constrained, _ = await run(
+        engine,
+        job(kind="chat", messages=messages, format="json", think=False, options=options),
+    )
+    assert constrained.startswith("{")
+    # while the model thinks (the prompt opened <think>), nothing constrains it
+    free, _ = await run(engine, job(kind="chat", messages=messages, options=options))
+    unconstrained, _ = await run(
+        engine, job(kind="chat", messages=messages, format=None, options=options)
+    )
+    assert free == unconstrained != constrained
+
+
+async def test_embeddings_of_a_causal_model(engine: LlamaEngine) -> None:
+    result = await engine.embed(job(kind="embed", inputs=["the a", "tea", "the a"]))
+    assert [len(v) for v in result.vectors] == [64, 64, 64]
+    assert result.vectors[0] == pytest.approx(result.vectors[2], rel=1e-4)
+    assert result.vectors[0] != pytest.approx(result.vectors[1], rel=1e-3)
+    assert all(np.isfinite(v).all() for v in result.vectors)
+    # embedding and generating share the context: generation goes on as before
+    text, finish = await run(engine, job(prompt="the a"))
+    again, _ = await run(engine, job(prompt="the a"))
+    assert text == again and finish.n_decoded == 6
+
+
+async def test_full_model_info(engine: LlamaEngine) -> None:
+    info = engine.full_model_info(MODEL)
+    assert len(info["tokenizer.ggml.tokens"]) == len(vocabulary())
+    assert "tokenizer.chat_template" not in info
+    assert json.dumps(info)  # plain JSON values
