@@ -23,8 +23,11 @@ from worker.llama_prompt import Vocab
 TOO_LONG = "the input length exceeds the context length"
 
 
-def embed(llm: llama_cpp.Llama, vocab: Vocab, job: GenerateJob, *, pooled: bool) -> Embeddings:
-    limit = llm.n_ctx() if not pooled else min(llm.n_ctx(), llm.n_batch)
+def embed(
+    llm: llama_cpp.Llama, vocab: Vocab, job: GenerateJob, *, pooled: bool, trained: int
+) -> Embeddings:
+    # llama.cpp pads a context to 256 cells; a BERT has no positions past its trained size
+    limit = llm.n_ctx() if not pooled else min(llm.n_ctx(), llm.n_batch, trained or llm.n_ctx())
     vectors: list[list[float]] = []
     total = 0
     for text in job.inputs:

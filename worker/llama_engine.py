@@ -186,12 +186,15 @@ class LlamaEngine:
         resident = model.resident
         future: concurrent.futures.Future[Embeddings] = concurrent.futures.Future()
         pooled = resident.desc.embedding_only
+        trained = resident.desc.trained_context
 
         def run() -> None:
             if not future.set_running_or_notify_cancel():
                 return
             try:
-                future.set_result(embed(resident.llm, model.vocab, job, pooled=pooled))
+                future.set_result(
+                    embed(resident.llm, model.vocab, job, pooled=pooled, trained=trained)
+                )
             except HerdError as exc:
                 future.set_exception(exc)
             except Exception as exc:

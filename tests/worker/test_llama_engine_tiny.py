@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
+from shared.errors import InvalidRequest
 from shared.messages import (
     ChatMessage,
     GenerateJob,
@@ -128,7 +129,8 @@ async def engine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Llam
 def job(**fields: Any) -> GenerateJob:
     fields.setdefault("kind", "generate")
     fields.setdefault("options", GREEDY)
-    return GenerateJob(request_id="r", model=MODEL, enqueued_at_ms=0, deadline_ms=1, **fields)
+    fields.setdefault("model", MODEL)
+    return GenerateJob(request_id="r", enqueued_at_ms=0, deadline_ms=1, **fields)
 
 
 async def run(engine: LlamaEngine, request: GenerateJob) -> tuple[str, Finish]:
@@ -220,3 +222,81 @@ async def test_full_model_info(engine: LlamaEngine) -> None:
     assert len(info["tokenizer.ggml.tokens"]) == len(vocabulary())
     assert "tokenizer.chat_template" not in info
     assert json.dumps(info)  # plain JSON values
+
+
+def write_tiny_bert(path: Path, *, width: int = 32, ff: int = 64, context: int = 128) -> None:
+    """A one-layer BERT embedding model (mean pooling, WordPiece vocabulary)."""
+    rng = np.random.default_rng(1)
+    words = ["▁the", "▁cat", "▁dog", "▁sat"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    writer = gguf.GGUFWriter(str(path), "bert")
+    writer.add_name("tinybert")
+    writer.add_context_length(context)
+    writer.add_embedding_length(width)
+    writer.add_feed_forward_length(ff)
+    writer.add_block_count(1)
+    writer.add_head_count(2)
+    writer.add_layer_norm_eps(1e-12)
+    writer.add_causal_attention(False)
+    writer.add_pooling_type(gguf.PoolingType.MEAN)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("bert")
+    writer.add_token_list(vocab)
+    writer.add_token_types([gguf.TokenType.CONTROL] * 5 + [gguf.TokenType.NORMAL] * len(words))
+    writer.add_unk_token_id(1)
+    writer.add_bos_token_id(2)
+    writer.add_sep_token_id(3)
+    writer.add_eos_token_id(3)
+    writer.add_pad_token_id(0)
+    writer.add_token_type_count(2)
+
+    def tensor(name: str, *shape: int) -> None:
+        writer.add_tensor(name, (rng.standard_normal(shape) * 0.2).astype(np.float32))
+
+    def norm(name: str, size: int) -> None:
+        writer.add_tensor(f"{name}.weight", np.ones(size, np.float32))
+        writer.add_tensor(f"{name}.bias", np.zeros(size, np.float32))
+
+    tensor("token_embd.weight", len(vocab), width)
+    tensor("token_types.weight", 2, width)
+    tensor("position_embd.weight", context, width)
+    norm("token_embd_norm", width)
+    for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+        tensor(f"blk.0.{name}.weight", width, width)
+        writer.add_tensor(f"blk.0.{name}.bias", np.zeros(width, np.float32))
+    norm("blk.0.attn_output_norm", width)
+    tensor("blk.0.ffn_up.weight", ff, width)
+    writer.add_tensor("blk.0.ffn_up.bias", np.zeros(ff, np.float32))
+    tensor("blk.0.ffn_down.weight", width, ff)
+    writer.add_tensor("blk.0.ffn_down.bias", np.zeros(width, np.float32))
+    norm("blk.0.layer_output_norm", width)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+async def test_an_embedding_model(tmp_path: Path) -> None:
+    write_tiny_bert(tmp_path / "bert.gguf")
+    engine = LlamaEngine(
+        [ModelSpec(name="bert:latest", path=tmp_path / "bert.gguf")], n_ctx=512, n_gpu_layers=0
+    )
+    await engine.start()
+    try:
+        [advert] = engine.models()
+        assert advert.capabilities == ["embedding"]
+        [status] = engine.loaded()
+        assert status.context_length >= 128  # capped at the trained context (then padded)
+        request = job(model="bert:latest", kind="embed", inputs=["the cat sat", "the dog", "the"])
+        result = await engine.embed(request)
+        assert [len(v) for v in result.vectors] == [32, 32, 32]
+        assert result.n_prompt_tokens == 5 + 4 + 3  # [CLS] words [SEP]
+        assert result.vectors[0] != pytest.approx(result.vectors[1], rel=1e-3)
+        long = request.model_copy(update={"inputs": ["the cat " * 100]})
+        assert (await engine.embed(long)).n_prompt_tokens == 128
+        with pytest.raises(InvalidRequest, match="the input length exceeds the context length"):
+            await engine.embed(long.model_copy(update={"truncate": False}))
+        with pytest.raises(InvalidRequest, match='"bert:latest" does not support generate'):
+            await run(engine, job(model="bert:latest", prompt="the cat"))
+    finally:
+        await engine.close()
