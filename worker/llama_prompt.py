@@ -15,8 +15,9 @@ import llama_cpp
 
 from shared.errors import InvalidRequest
 from shared.messages import ChatMessage, GenerateJob
+from worker.goprompt import GoTemplate
 from worker.modelinfo import Description
-from worker.templates import ChatTemplate, GoTemplate, Rendered, job_messages
+from worker.templates import ChatTemplate, Rendered, job_messages
 
 TOO_LONG = "the prompt is longer than the context length currently available to the model"
 

@@ -9,7 +9,8 @@ import pytest
 from shared.errors import EngineFailure
 from shared.messages import ChatMessage, ToolCall, ToolCallFunction
 from worker import gotemplate
-from worker.templates import GEMMA_GO_TEMPLATE, GemmaTemplate, GoTemplate
+from worker.goprompt import GoTemplate
+from worker.templates import GEMMA_GO_TEMPLATE, GemmaTemplate
 
 
 def _msgs(*pairs: tuple[str, str]) -> list[ChatMessage]:

@@ -225,10 +225,10 @@ async def test_small_context_load_shift_and_truncation(engine: LlamaEngine) -> N
     assert status.context_length == 256
     assert status.size_bytes > engine.models()[0].size_bytes
     # the context fills up: with shift the answer goes on, without it ends there
-    options = GREEDY.model_copy(update={"num_predict": 300})
+    options = GREEDY.model_copy(update={"num_predict": 260})
     request = job(prompt="Count from one to a thousand.", options=options, load=small)
     _, shifted = await run(engine, request)
-    assert shifted.n_decoded == 300
+    assert shifted.n_decoded == 260
     _, stopped = await run(engine, request.model_copy(update={"shift": False}))
     assert stopped.done_reason == "length"
     assert stopped.n_prompt_tokens + stopped.n_decoded <= 257

@@ -14,13 +14,8 @@ import numpy as np
 import pytest
 
 from worker.catalog import ModelSpec, default_model
-from worker.modelinfo import (
-    describe,
-    fingerprint,
-    human_number,
-    model_info,
-    read_header,
-)
+from worker.gguf_header import fingerprint, read_header
+from worker.modelinfo import describe, human_number, model_info
 
 TOOLS_TEMPLATE = (
     "{% if tools %}{{ tools | tojson }}{% endif %}"
