@@ -1,6 +1,6 @@
 """The Engine protocol: what the consumer needs from whatever produces tokens.
 
-``LlamaEngine`` (``worker.llama_engine``, the only module that imports ``llama_cpp``) and
+``LlamaEngine`` (``worker.llama``, the only package that imports ``llama_cpp``) and
 ``FakeEngine`` (``worker.fake_engine``) implement it. ``generate`` may be called for many
 jobs at once; an engine serialises or batches them as it can. Closing the iterator early
 cancels the generation.

@@ -27,7 +27,7 @@ def build_engine(settings: Settings) -> Engine:
             capabilities=settings.fake_capabilities,
         )
     from worker.catalog import discover
-    from worker.llama_engine import LlamaEngine
+    from worker.llama.engine import LlamaEngine
 
     return LlamaEngine(
         discover(settings), n_ctx=settings.num_ctx, n_gpu_layers=settings.n_gpu_layers

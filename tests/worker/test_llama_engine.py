@@ -22,7 +22,7 @@ from shared.messages import (
 )
 from worker.catalog import DEFAULT_MODEL, default_model
 from worker.engine import Finish, Piece
-from worker.llama_engine import LlamaEngine
+from worker.llama.engine import LlamaEngine
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

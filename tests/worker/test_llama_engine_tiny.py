@@ -24,7 +24,7 @@ from shared.messages import (
 )
 from worker.catalog import ModelSpec
 from worker.engine import Finish, Piece
-from worker.llama_engine import LlamaEngine
+from worker.llama.engine import LlamaEngine
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

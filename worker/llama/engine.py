@@ -27,10 +27,10 @@ from shared.messages import GenerateJob, LoadedModel, LoadOptions, ModelAdvert
 from worker.catalog import ModelSpec
 from worker.engine import Embeddings, EngineOutput, Finish, Piece
 from worker.gguf_header import read_header
-from worker.llama_embed import embed
-from worker.llama_generate import generate
-from worker.llama_model import LoadParams, Resident
-from worker.llama_prompt import Vocab
+from worker.llama.embed import embed
+from worker.llama.generate import generate
+from worker.llama.model import LoadParams, Resident
+from worker.llama.prompt import Vocab
 from worker.modelinfo import Description, describe, model_info
 
 log = structlog.get_logger()

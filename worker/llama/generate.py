@@ -24,9 +24,9 @@ import numpy as np
 from shared.errors import EngineFailure
 from shared.messages import GenerateJob, Logprob, SamplingOptions
 from worker.engine import EngineOutput, Finish, Piece
-from worker.grammar import grammar_for
-from worker.llama_prompt import Vocab, build
-from worker.llama_sampling import Sampler, logprob, resolve
+from worker.llama.grammar import grammar_for
+from worker.llama.prompt import Vocab, build
+from worker.llama.sampling import Sampler, logprob, resolve
 from worker.modelinfo import Description
 from worker.templates import thinking_enabled
 from worker.textstream import TextStream

@@ -18,7 +18,7 @@ import numpy as np
 from shared.errors import EngineFailure, InvalidRequest
 from shared.messages import GenerateJob
 from worker.engine import Embeddings
-from worker.llama_prompt import Vocab
+from worker.llama.prompt import Vocab
 
 TOO_LONG = "the input length exceeds the context length"
 
