@@ -126,7 +126,7 @@ class FakeEngine:
         pieces = self._pieces(job)
         limit = job.options.num_predict
         reason: Literal["stop", "length"] = "stop"
-        if limit is not None and 0 <= limit < len(pieces):
+        if limit is not None and 0 < limit < len(pieces):  # 0, like -1, means no limit
             pieces, reason = pieces[:limit], "length"
         started = time.perf_counter_ns()
         for index, text in enumerate(pieces):
