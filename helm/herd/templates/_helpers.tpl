@@ -159,12 +159,13 @@ shared settings.
 
 {{/*
 Return the Redis stream of a model's jobs and the workers' consumer group. They must match
-shared/keys.py, and model names are normalised as shared/names.py does (lower case, tag
-`latest` by default); tests/helm checks the KEDA triggers against both.
+shared/keys.py, and model names are normalised as shared/names.py does (lower case, the
+default host and `library` namespace left out, tag `latest` by default); tests/helm checks
+the KEDA triggers against both.
 */}}
 {{- define "herd.jobStream" -}}
-{{- $model := lower (trim .) }}
-{{- if not (contains ":" $model) }}
+{{- $model := lower (trim .) | trimPrefix "registry.ollama.ai/" | trimPrefix "library/" }}
+{{- if not (regexMatch ":[^/]*$" $model) }}
 {{- $model = printf "%s:latest" $model }}
 {{- end }}
 {{- printf "herd:jobs:%s" $model }}
