@@ -145,7 +145,13 @@ def test_keda_scales_workers_on_each_models_stream(profile: str) -> None:
 
 
 def test_keda_streams_use_herds_model_names() -> None:
-    models = ["Llama3.2", "gemma3:270m", "library/qwen2.5:0.5B"]
+    models = [
+        "Llama3.2",
+        "gemma3:270m",
+        "library/qwen2.5:0.5B",
+        "Registry.Ollama.AI/team/x",
+        "hf.co/User/Repo-GGUF:Q4_K_M",
+    ]
     rendered = render({"worker": {"keda": {"enabled": True, "models": models}}})
     triggers = rendered.get("ScaledObject", "herd-worker")["spec"]["triggers"]
     streams = [t["metadata"]["stream"] for t in triggers]
