@@ -21,7 +21,7 @@ from api.inference import Call
 from api.state import AppState
 from shared import names
 from shared.errors import MODEL_REQUIRED, HerdError, InvalidRequest, ModelNotFound
-from shared.messages import GenerateJob, LoadOptions, ModelAdvert
+from shared.messages import GenerateJob, LoadOptions, ModelAdvert, SamplingOptions
 
 
 async def resolve(
@@ -75,6 +75,28 @@ def _load_job(name: str, load: LoadOptions, keep_alive_s: float | None) -> Gener
     return jobs.template(model=name, kind="load", load=load, keep_alive_s=keep_alive_s)
 
 
+def _generation_fields(
+    body: ollama.GenerateRequest | ollama.ChatRequest,
+    think: bool | str | None,
+    top_logprobs: int,
+    keep_alive_s: float | None,
+    sampling: SamplingOptions,
+    load: LoadOptions,
+) -> dict[str, Any]:
+    """The job fields chat and generate share, once validated."""
+    return {
+        "format": options.parse_format(body.format),
+        "think": think,
+        "logprobs": bool(body.logprobs),
+        "top_logprobs": top_logprobs,
+        "truncate": body.truncate,
+        "shift": body.shift,
+        "keep_alive_s": keep_alive_s,
+        "options": sampling,
+        "load": load,
+    }
+
+
 async def generate_call(state: AppState, body: ollama.GenerateRequest) -> Call | dict[str, Any]:
     """Validate a generate request: the call to run, or the control response to send."""
     think = options.parse_think(body.think)
@@ -112,15 +134,7 @@ async def generate_call(state: AppState, body: ollama.GenerateRequest) -> Call |
         raw=bool(body.raw),
         context=body.context or None,
         images=images,
-        format=options.parse_format(body.format),
-        think=think,
-        logprobs=bool(body.logprobs),
-        top_logprobs=top_logprobs,
-        truncate=body.truncate,
-        shift=body.shift,
-        keep_alive_s=keep_alive_s,
-        options=sampling,
-        load=load,
+        **_generation_fields(body, think, top_logprobs, keep_alive_s, sampling, load),
     )
     return Call(kind="generate", model=body.model, name=advert.name, job=job)
 
@@ -154,14 +168,6 @@ async def chat_call(state: AppState, body: ollama.ChatRequest) -> Call | dict[st
         kind="chat",
         messages=messages,
         tools=body.tools or None,
-        format=options.parse_format(body.format),
-        think=think,
-        logprobs=bool(body.logprobs),
-        top_logprobs=top_logprobs,
-        truncate=body.truncate,
-        shift=body.shift,
-        keep_alive_s=keep_alive_s,
-        options=sampling,
-        load=load,
+        **_generation_fields(body, think, top_logprobs, keep_alive_s, sampling, load),
     )
     return Call(kind="chat", model=body.model, name=advert.name, job=job)

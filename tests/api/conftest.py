@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 
+import httpx
+import openai
 import pytest
 from redis.asyncio import Redis
 
@@ -87,3 +89,12 @@ async def state(
     yield AppState(settings=make_settings(), redis=redis, registry=registry, dispatcher=dispatcher)
     await router.stop()
     await subscriber.aclose()
+
+
+@pytest.fixture
+async def sdk(client: httpx.AsyncClient) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The real OpenAI SDK on ``/v1`` of the module's ``client`` (an API with workers)."""
+    async with openai.AsyncOpenAI(
+        base_url=f"{client.base_url}/v1", api_key="x", max_retries=0
+    ) as sdk:
+        yield sdk

@@ -45,14 +45,6 @@ async def client(api: ApiFactory, worker: WorkerFactory) -> AsyncIterator[httpx.
     yield await api()
 
 
-@pytest.fixture
-async def sdk(client: httpx.AsyncClient) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=f"{client.base_url}/v1", api_key="x", max_retries=0
-    ) as sdk:
-        yield sdk
-
-
 async def test_chat_not_streamed(sdk: openai.AsyncOpenAI) -> None:
     done = await sdk.chat.completions.create(model=MODEL, messages=HI)
     assert done.object == "chat.completion"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -20,14 +19,6 @@ MODEL = "gemma3:270m"
 async def client(api: ApiFactory, worker: WorkerFactory) -> httpx.AsyncClient:
     await worker()
     return await api()
-
-
-@pytest.fixture
-async def sdk(client: httpx.AsyncClient) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=f"{client.base_url}/v1", api_key="x", max_retries=0
-    ) as sdk:
-        yield sdk
 
 
 def data(text: str) -> list[Any]:

@@ -5,7 +5,6 @@ format; the worker parses them like a real model's output."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -37,14 +36,6 @@ WEATHER: ChatCompletionToolParam = {
 async def client(api: ApiFactory, worker: WorkerFactory) -> httpx.AsyncClient:
     await worker()
     return await api()
-
-
-@pytest.fixture
-async def sdk(client: httpx.AsyncClient) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=f"{client.base_url}/v1", api_key="x", max_retries=0
-    ) as sdk:
-        yield sdk
 
 
 async def test_tool_call_not_streamed(sdk: openai.AsyncOpenAI) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime
 
 import httpx
@@ -19,14 +18,6 @@ CREATED = int(datetime.fromisoformat("2026-01-01T00:00:00+00:00").timestamp())
 @pytest.fixture
 async def client(api: ApiFactory) -> httpx.AsyncClient:
     return await api()
-
-
-@pytest.fixture
-async def sdk(client: httpx.AsyncClient) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=f"{client.base_url}/v1", api_key="x", max_retries=0
-    ) as sdk:
-        yield sdk
 
 
 async def test_no_models_is_an_empty_list_not_null(
