@@ -177,9 +177,12 @@ def test_settings_accept_the_rendered_values(profile: str, monkeypatch: pytest.M
             assert str(settings.models_dir) == values["models"]["dir"]
             assert settings.num_parallel == values["worker"]["numParallel"]
             assert settings.shutdown_grace_s == values["worker"]["shutdownGraceSeconds"]
+            assert settings.max_loaded_models == values["worker"]["maxLoadedModels"]
         else:
             assert settings.host.port == values["api"]["port"]
             assert settings.shutdown_grace_s == values["api"]["shutdownGraceSeconds"]
+            assert settings.max_body_bytes == values["api"]["maxBodyBytes"]
+            assert settings.origins == values["api"]["origins"]
 
 
 @pytest.mark.parametrize("profile", PROFILES)
