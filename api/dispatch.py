@@ -43,6 +43,9 @@ from shared.messages import (
 
 log = structlog.get_logger()
 
+#: What a 503 for a full queue tells clients (``Retry-After``): a slot frees within seconds.
+QUEUE_FULL_RETRY_AFTER_S = 1
+
 Event = StartedEvent | TokenEvent | DoneEvent
 
 # XLEN counts queued and running jobs (workers delete an entry once it is done). Checking and
@@ -80,7 +83,7 @@ class Dispatcher:
         relay = _Relay(job, queue, self._registry, self._check_interval_s)
         try:
             if not await self._admit(keys=[stream], args=[self._max_queue, job.to_fields()["job"]]):
-                raise Unavailable(QUEUE_FULL)
+                raise Unavailable(QUEUE_FULL, retry_after_s=QUEUE_FULL_RETRY_AFTER_S)
             yield relay.events()
         finally:
             # cleanup must run even while the request's task is being cancelled

@@ -12,7 +12,7 @@ from shared.errors import HerdError
 
 async def _herd_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HerdError)
-    return JSONResponse({"error": exc.message}, status_code=exc.status)
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

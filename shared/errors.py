@@ -44,13 +44,19 @@ STATUS: dict[ErrorType, int] = {
 class HerdError(Exception):
     error_type = ErrorType.INTERNAL
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        #: Sent as ``Retry-After`` (a busy queue): when a client may usefully try again.
+        self.retry_after_s = retry_after_s
 
     @property
     def status(self) -> int:
         return STATUS[self.error_type]
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return None if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
 
 
 class InvalidRequest(HerdError):

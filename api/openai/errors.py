@@ -27,7 +27,9 @@ def error_body(status: int, message: str) -> dict[str, Any]:
 
 
 def error_response(exc: HerdError) -> JSONResponse:
-    return JSONResponse(error_body(exc.status, exc.message), status_code=exc.status)
+    return JSONResponse(
+        error_body(exc.status, exc.message), status_code=exc.status, headers=exc.headers
+    )
 
 
 class OpenAIRoute(APIRoute):

@@ -91,6 +91,10 @@ async def test_full_queue_answers_503(api: ApiFactory, worker: WorkerFactory) ->
     rejected = await client.post("/api/chat", json=CHAT)
     assert rejected.status_code == 503
     assert rejected.json() == {"error": QUEUE_FULL}
+    assert rejected.headers["retry-after"] == "1"
+    openai_rejected = await client.post("/v1/chat/completions", json=CHAT)
+    assert openai_rejected.status_code == 503
+    assert openai_rejected.headers["retry-after"] == "1"
     assert (await running).status_code == 200
 
 
