@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 
 from shared.errors import HerdError
+
+log = structlog.get_logger()
 
 
 async def _herd_error(_: Request, exc: Exception) -> JSONResponse:
@@ -27,7 +30,14 @@ async def _http_error(_: Request, exc: Exception) -> PlainTextResponse:
     return PlainTextResponse(texts.get(exc.status_code, str(exc.detail)), exc.status_code)
 
 
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    # a bug must still answer in Ollama's shape; the traceback goes to the log
+    log.exception("unhandled_error", exc_info=exc)
+    return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(Exception, _unexpected)
     app.add_exception_handler(HerdError, _herd_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)

@@ -49,6 +49,8 @@ SAMPLING_OPTIONS: dict[str, OptionType] = {
 
 THINK_LEVELS = ("high", "medium", "low", "max")
 
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
 
 def _option(key: str, kind: OptionType, raw: object) -> object:
     """One value, converted as ``FromMap`` does (an integer option truncates a float)."""
@@ -56,7 +58,10 @@ def _option(key: str, kind: OptionType, raw: object) -> object:
     if kind == "integer":
         if number is None:
             raise InvalidRequest(f'option "{key}" must be of type integer')
-        return int(number)
+        # llama.cpp takes 32-bit integers; Go would wrap a huge value, never fail
+        if number != number:  # NaN
+            raise InvalidRequest(f'option "{key}" must be of type integer')
+        return int(min(max(number, INT32_MIN), INT32_MAX))
     if kind == "float32":
         if number is None:
             raise InvalidRequest(f'option "{key}" must be of type float32')

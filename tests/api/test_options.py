@@ -9,6 +9,7 @@ import pytest
 
 from api import options
 from shared.errors import EngineFailure, InvalidRequest
+from shared.messages import GenerateJob
 
 
 def test_options_are_split_by_when_they_apply() -> None:
@@ -205,3 +206,23 @@ def test_images_must_decode() -> None:
     assert options.check_images([]) is None
     with pytest.raises(InvalidRequest, match=r"^illegal base64 data at input byte 2$"):
         options.check_images([good, "ab=c"])
+
+
+def test_huge_integer_options_are_clamped_not_a_crash() -> None:
+    sampling, load = options.parse_options(
+        {"num_predict": 1e300, "seed": 123456789012345678901234567890, "num_ctx": -1e30}
+    )
+    assert sampling.num_predict == options.INT32_MAX
+    assert sampling.seed == options.INT32_MAX
+    assert load.num_ctx == options.INT32_MIN
+    # and the job built from them still serialises
+    job = GenerateJob(
+        request_id="r",
+        model="m",
+        kind="generate",
+        options=sampling,
+        load=load,
+        enqueued_at_ms=0,
+        deadline_ms=0,
+    )
+    assert GenerateJob.from_fields({b"job": job.to_fields()["job"]}).options == sampling

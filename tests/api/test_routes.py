@@ -196,3 +196,18 @@ async def test_a_queued_stream_whose_client_left_never_runs(
     assert (await running).status_code == 200
     await asyncio.sleep(0.3)  # the worker is free: it claims and drops the cancelled job
     assert len(busy.engine.seen) == 1  # type: ignore[attr-defined]
+
+
+async def test_an_unexpected_failure_still_answers_in_ollamas_shape(
+    api: ApiFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api import calls
+
+    async def broken(*_: object, **__: object) -> object:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(calls, "resolve", broken)
+    client = await api()
+    response = await client.post("/api/chat", json=CHAT)
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error: RuntimeError"}
