@@ -63,6 +63,11 @@ class Engine(Protocol):
 
     async def close(self) -> None: ...
 
+    def effective_options(self, name: str, options: LoadOptions) -> LoadOptions:
+        """``options`` with the engine's defaults filled in, so that asking for a default
+        explicitly compares equal to not asking (and causes no reload)."""
+        ...
+
     async def load(self, name: str, options: LoadOptions) -> None:
         """Load ``name`` (again, if loaded with other load-time options)."""
         ...

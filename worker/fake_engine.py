@@ -97,6 +97,9 @@ class FakeEngine:
     async def close(self) -> None:
         self._loaded.clear()
 
+    def effective_options(self, name: str, options: LoadOptions) -> LoadOptions:
+        return options.model_copy(update={"num_ctx": options.num_ctx or DEFAULT_CONTEXT})
+
     async def load(self, name: str, options: LoadOptions) -> None:
         if name not in {m.name for m in self._models}:
             raise EngineFailure(f"model '{name}' not found")

@@ -87,7 +87,8 @@ class Residency:
         """Take over what ``engine.start`` loaded, as loaded with the default keep_alive."""
         for model in self._engine.loaded():
             if model.name not in self._models:
-                entry = _Resident(model.name, LoadOptions(), self._default)
+                options = self._engine.effective_options(model.name, LoadOptions())
+                entry = _Resident(model.name, options, self._default)
                 self._models[model.name] = entry
                 self._schedule_expiry(entry)
 
@@ -98,6 +99,8 @@ class Residency:
         """Hold ``name`` loaded (with ``options``) for the body, which gets whether this
         loaded it; ``keep_alive_s`` as on the wire (None: unchanged; negative: forever)."""
         duration = session_seconds(keep_alive_s)
+        # compared in effect: an explicit default is not a change (and costs no reload)
+        options = self._engine.effective_options(name, options)
         entry = self._models.get(name)
         if entry is not None and not entry.closing and entry.options == options:
             self._attach(entry, duration)
@@ -216,9 +219,10 @@ class Residency:
                 elif await self._evict_one():
                     continue
                 await changed.wait()
-            for other in self._models.values():
-                other.closing = False
             fresh = entry is None or entry.options != options
+            for other in self._models.values():
+                # a model being reloaded takes no new jobs until its new copy is in place
+                other.closing = other is entry and fresh
             if fresh:
                 # a reload goes through engine.load too: it knows which options differ
                 # in effect (an explicit default is no change) and swaps the model

@@ -208,6 +208,27 @@ async def test_a_reload_waits_for_the_running_jobs() -> None:
     assert engine.history == [("load", "a"), ("load", "a")]
 
 
+async def test_asking_for_a_default_explicitly_is_no_reload_and_no_wait() -> None:
+    engine, residency = _setup(["a"])
+    async with _holding(residency, "a"):
+        # 4096 is the fake engine's default context: the same model in effect
+        await asyncio.wait_for(_use(residency, "a", LoadOptions(num_ctx=4096)), 1)
+    assert engine.history == [("load", "a")]
+
+
+async def test_no_job_attaches_to_a_model_while_it_reloads() -> None:
+    engine, residency = _setup(["a"], load_delay_s=0.3)
+    await _use(residency, "a")
+    reload = asyncio.create_task(_use(residency, "a", LoadOptions(num_ctx=2048)))
+    await _until(lambda: len(engine.history) == 1 and reload.done() is False)
+    await asyncio.sleep(0.05)  # the reload is inside engine.load now
+    old = asyncio.create_task(_use(residency, "a"))
+    await asyncio.sleep(0.1)
+    assert not old.done()  # it waits for the reload instead of running on the swapped copy
+    await asyncio.wait_for(asyncio.gather(reload, old), 3)
+    assert engine.history == [("load", "a"), ("load", "a"), ("load", "a")]
+
+
 async def test_a_failed_load_leaves_nothing_behind() -> None:
     _, residency = _setup(["a"])
     with pytest.raises(Exception, match="not found"):

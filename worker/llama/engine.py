@@ -90,13 +90,28 @@ class LlamaEngine:
         return [m.resident.status() for m in self._loaded.values()]
 
     async def start(self) -> None:
-        for name in self._descriptions:
+        """Preload the first model (the default one when served); the others load on
+        demand, within the worker's cap on loaded models."""
+        for name in list(self._descriptions)[:1]:
             await self.load(name, LoadOptions())
 
     async def close(self) -> None:
         """Stop every model; generations still running end without their Finish."""
         for name in list(self._loaded):
             await self.unload(name, cancel=True)
+
+    def effective_options(self, name: str, options: LoadOptions) -> LoadOptions:
+        params = LoadParams.resolve(
+            options, self._describe(name), n_ctx=self._n_ctx, n_gpu_layers=self._n_gpu_layers
+        )
+        return LoadOptions(
+            num_ctx=params.n_ctx,
+            num_batch=params.n_batch,
+            num_gpu=params.n_gpu_layers,
+            main_gpu=params.main_gpu,
+            use_mmap=params.use_mmap,
+            num_thread=params.n_threads,
+        )
 
     async def load(self, name: str, options: LoadOptions) -> None:
         desc = self._describe(name)
