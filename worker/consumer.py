@@ -62,6 +62,8 @@ class Worker:
         self.advertiser = Advertiser(client, self.id, engine.name, settings.heartbeat_ttl_s)
         self._slots = asyncio.Semaphore(settings.num_parallel)
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Stream entries this process is running (others pending under its id are orphans).
+        self._running: set[str] = set()
         self._stopping = asyncio.Event()
         self._beat_soon = asyncio.Event()
         self._beat_lock = asyncio.Lock()
@@ -170,7 +172,9 @@ class Worker:
     def _spawn(self, stream: str, entry_id: str, fields: dict[bytes, bytes], attempt: int) -> None:
         task = asyncio.create_task(self._handle(stream, entry_id, fields, attempt))
         self._tasks.add(task)
+        self._running.add(entry_id)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._running.discard(entry_id))
 
     async def _handle(
         self, stream: str, entry_id: str, fields: dict[bytes, bytes], attempt: int
@@ -219,12 +223,19 @@ class Worker:
                 log.warning("heartbeat_failed", error=str(exc))
 
     async def _reclaim_one(self) -> tuple[str, str, dict[bytes, bytes], int] | None:
-        """Take over one pending job of a worker whose advert expired, if there is one."""
+        """Take over one pending job of a worker whose advert expired, if there is one.
+
+        Entries pending under this worker's own id that this process is not running were
+        left by an earlier process with the same id (a restarted pod keeps its hostname):
+        they are orphans too, though the id's advert is alive again."""
         for stream in self.streams:
             pending = await self._client.xpending_range(stream, keys.JOB_GROUP, "-", "+", 100)
             for entry in pending:
                 owner = entry["consumer"].decode()
-                if owner == self.id or await self._client.exists(keys.worker_key(owner)):
+                if owner == self.id:
+                    if entry["message_id"].decode() in self._running:
+                        continue
+                elif await self._client.exists(keys.worker_key(owner)):
                     continue
                 claimed = await self._client.xclaim(
                     stream, keys.JOB_GROUP, self.id, RECLAIM_MIN_IDLE_MS, [entry["message_id"]]

@@ -12,7 +12,8 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.errors import QUEUE_FULL
-from tests.conftest import ApiFactory, WorkerFactory
+from shared.messages import decode_event
+from tests.conftest import ApiFactory, Event, WorkerFactory, make_job
 from worker.fake_engine import FakeEngine
 
 CHAT = {"model": "gemma3:270m", "messages": [{"role": "user", "content": "hi"}], "stream": False}
@@ -125,3 +126,29 @@ async def test_worker_advert_carries_devices_models_and_slots(
     assert [m["name"] for m in advert["models"]] == ["m:1"]
     assert advert["devices"][0]["total_bytes"] > 0
     assert 0 < await redis.pttl(keys.worker_key("advertised")) <= 1000
+
+
+async def test_a_worker_restarted_under_its_id_runs_what_it_left_pending(
+    worker: WorkerFactory, redis: Redis
+) -> None:
+    job = make_job()
+    stream = keys.job_stream(job.model)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.token_channel(job.request_id))
+    await pubsub.get_message(timeout=1)
+    # the crashed process (same pod, same hostname-based id) had claimed the job
+    await redis.xgroup_create(stream, keys.JOB_GROUP, id="0", mkstream=True)
+    await redis.xadd(stream, dict(job.to_fields()))  # type: ignore[arg-type]
+    await redis.xreadgroup(keys.JOB_GROUP, "w1", {stream: ">"}, count=1)
+    await asyncio.sleep(1.1)  # older than the reclaim threshold
+    await worker(worker_id="w1")
+    events: list[Event] = []
+    async with asyncio.timeout(10):
+        while not events or events[-1].type not in ("done", "error"):
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message is not None:
+                events.append(decode_event(message["data"]))
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    assert events[-1].type == "done"
+    assert {e.attempt for e in events} == {2}  # a new attempt, as a takeover is
+    assert (await redis.xpending(stream, keys.JOB_GROUP))["pending"] == 0
