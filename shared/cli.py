@@ -1,4 +1,6 @@
-"""The ``herd`` command: ``serve`` (everything on one machine), ``api``, ``worker``."""
+"""The ``herd`` command: ``serve`` (everything on one machine), ``api``, ``worker``, and
+the client verbs of the ``ollama`` CLI (``list``, ``ps``, ``show``, ``run``, ``stop``,
+``cp``, ``rm``) against the API at ``HERD_HOST``."""
 
 from __future__ import annotations
 
@@ -9,11 +11,13 @@ import subprocess
 import sys
 import time
 
+import httpx
 import structlog
 
 from shared.embedded import EmbeddedRedis
 from shared.logging import configure_logging
 from shared.settings import Settings
+from shared.verbs import TIMEOUT, VerbError, Verbs, base_url
 
 log = structlog.get_logger()
 
@@ -58,11 +62,61 @@ def _serve(settings: Settings) -> int:
     return max([0, *(child.returncode or 0 for child in children)])
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="herd", description=__doc__)
-    parser.add_argument("command", choices=["serve", "api", "worker"])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="embedded Redis, one API and one worker")
+    sub.add_parser("api", help="run an API process")
+    sub.add_parser("worker", help="run a worker process")
+    sub.add_parser("list", aliases=["ls"], help="list the models the cluster serves")
+    sub.add_parser("ps", help="list the loaded models, on every worker")
+    sub.add_parser("show", help="show a model's information").add_argument("model")
+    run = sub.add_parser("run", help="chat with a model (the prompt, or lines from stdin)")
+    run.add_argument("model")
+    run.add_argument("prompt", nargs="*")
+    sub.add_parser("stop", help="unload a model").add_argument("model")
+    cp = sub.add_parser("cp", help="copy a model (a new name for it)")
+    cp.add_argument("source")
+    cp.add_argument("destination")
+    sub.add_parser("rm", help="remove models from the catalog").add_argument("model", nargs="+")
+    return parser
+
+
+def _client_verb(args: argparse.Namespace, settings: Settings) -> int:
+    with httpx.Client(base_url=base_url(settings.host), timeout=TIMEOUT) as client:
+        verbs = Verbs(client)
+        try:
+            if args.command in ("list", "ls"):
+                verbs.list_models()
+            elif args.command == "ps":
+                verbs.ps()
+            elif args.command == "show":
+                verbs.show(args.model)
+            elif args.command == "run":
+                prompt = " ".join(args.prompt) or None
+                verbs.run(args.model, prompt, lambda: sys.stdin.readline() or None)
+            elif args.command == "stop":
+                verbs.stop(args.model)
+            elif args.command == "cp":
+                verbs.cp(args.source, args.destination)
+            else:
+                verbs.rm(args.model)
+        except VerbError as exc:
+            sys.stderr.write(f"Error: {exc}\n")
+            return 1
+        except BrokenPipeError:  # `herd run … | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except KeyboardInterrupt:
+            return 130
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     settings = Settings()
+    if args.command not in ("serve", "api", "worker"):
+        return _client_verb(args, settings)
     configure_logging(settings.log_format, settings.log_level)
     if args.command == "serve":
         return _serve(settings)

@@ -1,0 +1,99 @@
+"""The ``herd`` client verbs against a running API (real Redis, a FakeEngine worker).
+
+The verbs are synchronous (httpx.Client); the API runs in this test's event loop, so they
+run on a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.hostaddr import parse_host
+from shared.verbs import TIMEOUT, VerbError, Verbs, base_url, human_size
+from tests.conftest import ApiFactory, WorkerFactory
+from worker.fake_engine import REPLY
+
+
+async def _verbs(api: ApiFactory, worker: WorkerFactory) -> tuple[str, Callable[..., Any]]:
+    await worker(fake_models=["gemma3:270m", "team/tiny:1"])
+    url = str((await api()).base_url)
+
+    async def call(verb: str, *args: Any) -> str:
+        out = io.StringIO()
+
+        def run() -> None:
+            with httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+                getattr(Verbs(client, out), verb)(*args)
+
+        await asyncio.to_thread(run)
+        return out.getvalue()
+
+    return url, call
+
+
+async def test_list_show_cp_rm(api: ApiFactory, worker: WorkerFactory) -> None:
+    _, verb = await _verbs(api, worker)
+    listed = (await verb("list_models")).splitlines()
+    assert listed[0].split() == ["NAME", "ID", "SIZE", "MODIFIED"]
+    assert {line.split()[0] for line in listed[1:]} == {"gemma3:270m", "team/tiny:1"}
+    shown = await verb("show", "Gemma3:270M")  # names match case-insensitively
+    assert "Capabilities" in shown and "completion" in shown and "architecture" in shown
+    assert await verb("cp", "gemma3:270m", "mine") == "copied 'gemma3:270m' to 'mine'\n"
+    assert "mine:latest" in await verb("list_models")
+    assert await verb("rm", ["mine"]) == "deleted 'mine'\n"
+    assert "mine:latest" not in await verb("list_models")
+    with pytest.raises(VerbError, match="model 'mine:latest' not found"):
+        await verb("show", "mine")
+
+
+async def test_run_ps_and_stop(api: ApiFactory, worker: WorkerFactory) -> None:
+    _, verb = await _verbs(api, worker)
+    assert await verb("run", "team/tiny:1", "hello", lambda: None) == REPLY + "\n\n"
+    lines: Iterator[str] = iter(["first\n", "\n", "second\n"])
+    conversation = await verb("run", "gemma3:270m", None, lambda: next(lines, None))
+    assert conversation == (REPLY + "\n\n") * 2
+    running = await verb("ps")
+    assert "team/tiny:1" in running and "100% CPU" in running
+    await verb("stop", "team/tiny:1")
+    for _ in range(50):
+        if "team/tiny:1" not in await verb("ps"):
+            break
+        await asyncio.sleep(0.1)
+    assert "team/tiny:1" not in await verb("ps")
+
+
+async def test_the_cli_prints_the_apis_error_and_exits_1(
+    api: ApiFactory, worker: WorkerFactory
+) -> None:
+    url, _ = await _verbs(api, worker)
+    env = {**os.environ, "HERD_HOST": url}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shared.cli", "show", "missing", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    assert process.returncode == 1
+    assert err.decode() == "Error: model 'missing:latest' not found\n"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shared.cli", "ls", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0 and "gemma3:270m" in out.decode()
+
+
+def test_helpers() -> None:
+    assert base_url(parse_host("0.0.0.0:11434")) == "http://127.0.0.1:11434"
+    assert base_url(parse_host("https://herd.example.com")) == "https://herd.example.com:443"
+    assert [human_size(n) for n in (999, 253_000_000, 4_100_000_000)] == [
+        "999 B",
+        "253.0 MB",
+        "4.1 GB",
+    ]
