@@ -1,29 +1,21 @@
 """The official ``ollama`` Python client against a running Herd: every method it has for a
-local server, and the errors it raises. Fake models for shapes, gemma3:270m (``e2e``) for
-real tokens."""
+local server, and the errors it raises, on fake models (shapes, not tokens; the real model
+is in ``test_ollama_python_gemma.py``)."""
 
 from __future__ import annotations
 
 import json
-import math
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import ollama
 import pytest
-from pydantic import BaseModel, Field
 
-from tests.clients.cluster import EMBED_MODEL, GEMMA, GEMMA_NUM_CTX, PLAIN_MODEL, TOOLS_MODEL
-
-SHORT = {"num_predict": 12, "temperature": 0, "seed": 7}
-
-
-class City(BaseModel):
-    name: str = Field(max_length=24)
-    population: int
+from tests.clients.cluster import EMBED_MODEL, PLAIN_MODEL, TOOLS_MODEL
+from tests.clients.samples import WEATHER_TOOL, City, norm
 
 
 def get_weather(city: str, unit: str = "celsius") -> str:
@@ -36,28 +28,10 @@ def get_weather(city: str, unit: str = "celsius") -> str:
     return f"22 degrees {unit} in {city}"
 
 
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "required": ["city"],
-            "properties": {"city": {"type": "string", "description": "The city's name."}},
-        },
-    },
-}
-
-
 @pytest.fixture
 def client(herd_url: str) -> Iterator[ollama.Client]:
     with ollama.Client(host=herd_url) as client:
         yield client
-
-
-def _norm(vector: Sequence[float]) -> float:
-    return math.sqrt(sum(x * x for x in vector))
 
 
 # --- generate / chat -----------------------------------------------------------------------
@@ -220,7 +194,7 @@ def test_embed_vectors_are_normalised_deterministic_and_ordered(client: ollama.C
     first = client.embed(model=TOOLS_MODEL, input=["the sky", "the sea"])
     again = client.embed(model=TOOLS_MODEL, input=["the sea"])
     assert len(first.embeddings) == 2
-    assert all(abs(_norm(v) - 1) < 1e-3 for v in first.embeddings)
+    assert all(abs(norm(v) - 1) < 1e-3 for v in first.embeddings)
     assert first.embeddings[0] != first.embeddings[1]
     assert again.embeddings[0] == pytest.approx(first.embeddings[1], abs=1e-6)
     assert first.prompt_eval_count is not None and first.prompt_eval_count > 0
@@ -229,7 +203,7 @@ def test_embed_vectors_are_normalised_deterministic_and_ordered(client: ollama.C
 def test_embed_dimensions_truncates_and_renormalises(client: ollama.Client) -> None:
     response = client.embed(model=TOOLS_MODEL, input="the sky", dimensions=8)
     (vector,) = response.embeddings
-    assert len(vector) == 8 and abs(_norm(vector) - 1) < 1e-3
+    assert len(vector) == 8 and abs(norm(vector) - 1) < 1e-3
 
 
 def test_embed_on_an_embedding_only_model(client: ollama.Client) -> None:
@@ -344,91 +318,3 @@ def test_chat_on_an_embedding_model_raises_400(client: ollama.Client) -> None:
         client.chat(model="fake-embed", messages=[{"role": "user", "content": "x"}])
     assert info.value.status_code == 400
     assert info.value.error == '"fake-embed" does not support chat'
-
-
-# --- the real model ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def gemma(gemma_url: str) -> Iterator[ollama.Client]:
-    with ollama.Client(host=gemma_url) as client:
-        yield client
-
-
-@pytest.mark.e2e
-def test_gemma_generate_and_chat_real_tokens(gemma: ollama.Client) -> None:
-    generated = gemma.generate(model=GEMMA, prompt="The sky is", options=SHORT)
-    assert (generated.response or "").strip() and generated.context
-    assert generated.eval_count is not None and 0 < generated.eval_count <= 12
-    scored = gemma.generate(
-        model=GEMMA, prompt="The sky is", options=SHORT, logprobs=True, top_logprobs=3
-    )
-    assert scored.response == generated.response  # seeded, temperature 0
-    assert scored.logprobs and len(scored.logprobs) == scored.eval_count
-    assert "".join(e.token for e in scored.logprobs) == scored.response
-    for entry in scored.logprobs:
-        assert entry.top_logprobs is not None and len(entry.top_logprobs) == 3
-        # greedy decoding picks the most likely token
-        assert entry.logprob == pytest.approx(max(t.logprob for t in entry.top_logprobs))
-    parts = list(
-        gemma.chat(
-            model=GEMMA,
-            messages=[{"role": "user", "content": "Name a colour."}],
-            options=SHORT,
-            stream=True,
-        )
-    )
-    assert "".join(p.message.content or "" for p in parts).strip()
-    assert parts[-1].done and parts[-1].done_reason in ("stop", "length")
-
-
-@pytest.mark.e2e
-def test_gemma_format_schema_output_validates(gemma: ollama.Client) -> None:
-    response = gemma.chat(
-        model=GEMMA,
-        messages=[{"role": "user", "content": "Give me a city and its population as JSON."}],
-        format=City.model_json_schema(),
-        options={"num_predict": 64, "temperature": 0, "seed": 7},
-    )
-    assert response.done_reason == "stop", response.message.content
-    City.model_validate_json(response.message.content or "")
-
-
-@pytest.mark.e2e
-def test_gemma_embed_real_vectors(gemma: ollama.Client) -> None:
-    response = gemma.embed(model=GEMMA, input=["cat", "stock market", "cat"])
-    cat, market, cat_again = response.embeddings
-    assert len(cat) == 640  # gemma3:270m's embedding length
-    assert all(abs(_norm(v) - 1) < 1e-3 for v in response.embeddings)
-    assert cat == pytest.approx(cat_again, abs=1e-5) and cat != market
-    assert response.prompt_eval_count is not None and response.prompt_eval_count >= 3
-
-
-@pytest.mark.e2e
-def test_gemma_refuses_tools_and_thinking(gemma: ollama.Client) -> None:
-    message = [{"role": "user", "content": "x"}]
-    with pytest.raises(ollama.ResponseError) as info:
-        gemma.chat(model=GEMMA, messages=message, tools=[WEATHER_TOOL])
-    assert info.value.status_code == 400
-    assert info.value.error == f"registry.ollama.ai/library/{GEMMA} does not support tools"
-    with pytest.raises(ollama.ResponseError) as info:
-        gemma.chat(model=GEMMA, messages=message, think=True)
-    assert info.value.status_code == 400
-    assert info.value.error == f'"{GEMMA}" does not support thinking'
-
-
-@pytest.mark.e2e
-def test_gemma_refuses_inputs_longer_than_the_context(gemma: ollama.Client) -> None:
-    long = "word " * (GEMMA_NUM_CTX + 100)
-    with pytest.raises(ollama.ResponseError) as info:
-        gemma.embed(model=GEMMA, input=long, truncate=False)
-    assert info.value.status_code == 400
-    assert info.value.error == "the input length exceeds the context length"
-    truncated = gemma.embed(model=GEMMA, input=long)  # truncate defaults to true
-    assert len(truncated.embeddings[0]) == 640
-    # ollama-python has no `shift`; its own HTTP client sends it
-    refused = gemma._client.post(
-        "/api/generate", json={"model": GEMMA, "prompt": long, "shift": False, "stream": False}
-    )
-    assert refused.status_code == 400, refused.text[:300]
-    assert refused.json()["error"].startswith("the prompt is longer than the context length")
