@@ -193,14 +193,8 @@ def generate_chunk(
     probs: list[Logprob] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "created_at": timestamp(), "response": text}
-    if thinking:
-        body["thinking"] = thinking
-    body["done"] = False
-    if calls:
-        body["tool_calls"] = tool_calls(calls)
-    if probs:
-        body["logprobs"] = logprobs(probs)
-    return body
+    body.update(_said(thinking, calls), done=False)
+    return _with_logprobs(body, probs)
 
 
 def chat_chunk(
@@ -211,17 +205,22 @@ def chat_chunk(
     calls: list[ToolCall] | None = None,
     probs: list[Logprob] | None = None,
 ) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": text}
+    message = {"role": "assistant", "content": text, **_said(thinking, calls)}
+    body = {"model": model, "created_at": timestamp(), "message": message, "done": False}
+    return _with_logprobs(body, probs)
+
+
+def _said(thinking: str, calls: list[ToolCall] | None) -> dict[str, Any]:
+    """Thinking and tool calls, left out when empty (omitempty)."""
+    fields: dict[str, Any] = {}
     if thinking:
-        message["thinking"] = thinking
+        fields["thinking"] = thinking
     if calls:
-        message["tool_calls"] = tool_calls(calls)
-    body: dict[str, Any] = {
-        "model": model,
-        "created_at": timestamp(),
-        "message": message,
-        "done": False,
-    }
+        fields["tool_calls"] = tool_calls(calls)
+    return fields
+
+
+def _with_logprobs(body: dict[str, Any], probs: list[Logprob] | None) -> dict[str, Any]:
     if probs:
         body["logprobs"] = logprobs(probs)
     return body

@@ -3,7 +3,7 @@ the request into a native body, run the native call, translate the answer back."
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
@@ -75,11 +75,13 @@ async def _run(
     *,
     stream: bool,
     translator: Translator,
-) -> dict[str, Any] | Response:
+    render: Callable[[dict[str, Any]], dict[str, Any]],
+) -> Response:
+    """SSE through ``translator``, or the aggregated native answer through ``render``."""
     native = _answer(state, call, stream=stream)
     if stream:
         return await sse_response(request, native, translator)
-    return await _final(request, native)
+    return JSONResponse(render(await _final(request, native)))
 
 
 @router.post("/chat/completions")
@@ -88,11 +90,14 @@ async def chat_completions(request: Request, state: StateDep) -> Response:
     body = _native(ollama.ChatRequest, translate.chat_request(req))
     call = await chat_call(state, body)
     completion_id = responses.new_id("chatcmpl")
-    chunks = responses.ChatChunks(completion_id, include_usage=req.include_usage)
-    answer = await _run(request, state, call, stream=req.stream, translator=chunks)
-    if isinstance(answer, Response):
-        return answer
-    return JSONResponse(responses.chat_completion(completion_id, answer))
+    return await _run(
+        request,
+        state,
+        call,
+        stream=req.stream,
+        translator=responses.ChatChunks(completion_id, include_usage=req.include_usage),
+        render=lambda answer: responses.chat_completion(completion_id, answer),
+    )
 
 
 @router.post("/completions")
@@ -101,11 +106,14 @@ async def completions(request: Request, state: StateDep) -> Response:
     body = _native(ollama.GenerateRequest, translate.completion_request(req))
     call = await generate_call(state, body)
     completion_id = responses.new_id("cmpl")
-    chunks = responses.CompletionChunks(completion_id, include_usage=req.include_usage)
-    answer = await _run(request, state, call, stream=req.stream, translator=chunks)
-    if isinstance(answer, Response):
-        return answer
-    return JSONResponse(responses.completion(completion_id, answer))
+    return await _run(
+        request,
+        state,
+        call,
+        stream=req.stream,
+        translator=responses.CompletionChunks(completion_id, include_usage=req.include_usage),
+        render=lambda answer: responses.completion(completion_id, answer),
+    )
 
 
 @router.post("/embeddings")
