@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors, http
+from api.catalog import Catalog
 from api.dispatch import Dispatcher
 from api.registry import Registry
 from api.router import TokenRouter
@@ -37,6 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
                 max_queue=settings.max_queue,
                 check_interval_s=settings.heartbeat_interval_s,
             ),
+            catalog=Catalog(client, registry),
         )
         try:
             yield

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 from api import gofmt, jobs, ollama, options
-from api.catalog import Catalog
 from api.inference import Call
 from api.state import AppState
 from shared import names
@@ -31,7 +30,7 @@ async def resolve(
     if not model:
         raise empty
     name = names.normalize(model)
-    advert = await Catalog(state.redis, state.registry).resolve(name)
+    advert = await state.catalog.resolve(name)
     if advert is None:
         raise missing
     return name, advert

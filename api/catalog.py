@@ -12,18 +12,21 @@ Redis, adds two things Ollama clients expect to be able to do:
 
 Model files are never deleted: they belong to the workers' model stores, which the API
 does not manage; a hidden model still occupies its disk and may stay loaded until it
-expires. Every route resolves names here, so all pods agree at once.
+expires. Every route resolves names here. A pod re-reads the catalog at most every
+``CACHE_S`` (so a request costs no extra round trip), and at once after its own change:
+pods agree within half a second, as they do on the workers' adverts.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends
 from redis.asyncio import Redis
 
-from api.registry import Registry
+from api.registry import CACHE_S, Registry
 from api.state import StateDep
 from shared import keys
 from shared.messages import ModelAdvert
@@ -41,28 +44,36 @@ class Catalog:
     def __init__(self, client: Redis, registry: Registry) -> None:
         self._client = client
         self._registry = registry
+        self._aliases: dict[str, str] = {}
+        self._deleted: set[str] = set()
+        self._read_at = float("-inf")
+
+    async def _read(self, *, fresh: bool = False) -> tuple[dict[str, str], set[str]]:
+        """The aliases and the deleted names, re-read at most every ``CACHE_S``."""
+        if fresh or time.monotonic() - self._read_at >= CACHE_S:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.hgetall(keys.CATALOG_ALIASES)
+                pipe.smembers(keys.CATALOG_DELETED)
+                raw_aliases, raw_deleted = await pipe.execute()
+            self._aliases = {k.decode(): v.decode() for k, v in raw_aliases.items()}
+            self._deleted = {name.decode() for name in raw_deleted}
+            self._read_at = time.monotonic()
+        return self._aliases, self._deleted
 
     async def resolve(self, name: str) -> ModelAdvert | None:
         """The served model a normalised name stands for; None if it names nothing."""
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.hget(keys.CATALOG_ALIASES, name)
-            pipe.sismember(keys.CATALOG_DELETED, name)
-            target, deleted = await pipe.execute()
-        if target is not None:
-            return await self._registry.find(target.decode())
-        if deleted:
+        aliases, deleted = await self._read()
+        if name in aliases:
+            return await self._registry.find(aliases[name])
+        if name in deleted:
             return None
         return await self._registry.find(name)
 
     async def entries(self) -> list[Entry]:
         """Every name a client can use: served models not deleted, and live aliases."""
         served = await self._registry.models(fresh=True)
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.CATALOG_ALIASES)
-            pipe.smembers(keys.CATALOG_DELETED)
-            raw_aliases, raw_deleted = await pipe.execute()
-        aliases = {k.decode(): v.decode() for k, v in raw_aliases.items()}
-        hidden = {name.decode() for name in raw_deleted} | set(aliases)
+        aliases, deleted = await self._read(fresh=True)
+        hidden = deleted | set(aliases)
         found = [Entry(name, advert) for name, advert in served.items() if name not in hidden]
         found += [
             Entry(alias, served[target]) for alias, target in aliases.items() if target in served
@@ -81,6 +92,7 @@ class Catalog:
                 pipe.hset(keys.CATALOG_ALIASES, destination, advert.name)
             pipe.srem(keys.CATALOG_DELETED, destination)
             await pipe.execute()
+        self._read_at = float("-inf")  # this pod sees its own change at once
         return True
 
     async def delete(self, name: str) -> bool:
@@ -91,12 +103,12 @@ class Catalog:
             if served:  # a served model of that name (perhaps shadowed by the alias) goes too
                 pipe.sadd(keys.CATALOG_DELETED, name)
             changes = await pipe.execute()
+        self._read_at = float("-inf")
         return any(changes)
 
 
 def get_catalog(state: StateDep) -> Catalog:
-    # stateless over Redis and the registry's cache: cheap to build per request
-    return Catalog(state.redis, state.registry)
+    return state.catalog
 
 
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]

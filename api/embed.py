@@ -15,7 +15,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt
 
 from api import gofmt, jobs, options
-from api.catalog import Catalog
 from api.dispatch import Dispatcher
 from api.state import AppState
 from shared import names
@@ -69,7 +68,7 @@ def not_found(model: str) -> ModelNotFound:
 
 
 async def _served(state: AppState, model: str) -> ModelAdvert:
-    advert = await Catalog(state.redis, state.registry).resolve(names.normalize(model))
+    advert = await state.catalog.resolve(names.normalize(model))
     if advert is None:
         raise not_found(model)
     return advert

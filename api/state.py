@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from redis.asyncio import Redis
@@ -12,6 +12,9 @@ from api.dispatch import Dispatcher
 from api.registry import Registry
 from shared.settings import Settings
 
+if TYPE_CHECKING:  # api.catalog depends on this module
+    from api.catalog import Catalog
+
 
 @dataclass(frozen=True)
 class AppState:
@@ -19,6 +22,8 @@ class AppState:
     redis: Redis
     registry: Registry
     dispatcher: Dispatcher
+    #: Names clients see (aliases, deletions), cached like the registry's adverts.
+    catalog: Catalog
 
 
 def get_state(request: Request) -> AppState:

@@ -11,6 +11,7 @@ import openai
 import pytest
 from redis.asyncio import Redis
 
+from api.catalog import Catalog
 from api.dispatch import Dispatcher
 from api.registry import Registry
 from api.router import TokenRouter
@@ -86,7 +87,13 @@ async def state(
     await router.start()
     registry = Registry(redis)
     dispatcher = Dispatcher(redis, router, registry, max_queue=8, check_interval_s=0.2)
-    yield AppState(settings=make_settings(), redis=redis, registry=registry, dispatcher=dispatcher)
+    yield AppState(
+        settings=make_settings(),
+        redis=redis,
+        registry=registry,
+        dispatcher=dispatcher,
+        catalog=Catalog(redis, registry),
+    )
     await router.stop()
     await subscriber.aclose()
 

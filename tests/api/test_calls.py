@@ -307,14 +307,11 @@ async def test_unload_asks_only_the_workers_that_hold_the_model(
 
 
 async def test_aliases_run_on_the_source_models_stream(state: AppState, redis: Redis) -> None:
-    async with redis.pipeline() as pipe:
-        pipe.hset(keys.CATALOG_ALIASES, "mine:latest", "plain:latest")
-        await pipe.execute()
+    # through the pod's catalog, which sees its own changes at once
+    assert await state.catalog.copy("plain:latest", "mine:latest")
     call = await _generate(state, model="mine", prompt="x")
     assert call.name == "plain:latest" and call.job.model == "plain:latest"
     assert call.model == "mine"
-    async with redis.pipeline() as pipe:
-        pipe.sadd(keys.CATALOG_DELETED, "full:latest")
-        await pipe.execute()
+    assert await state.catalog.delete("full:latest")
     with pytest.raises(ModelNotFound, match="model 'full' not found"):
         await _generate(state, model="full", prompt="x")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from redis.asyncio import Redis
 
 from api.catalog import Catalog
-from api.registry import Registry
+from api.registry import CACHE_S, Registry
 from shared import keys
 from tests.api.conftest import advert, advertise
 
@@ -91,3 +93,16 @@ async def test_aliases_of_models_no_worker_serves_are_not_listed(
         await pipe.execute()
     assert "x:latest" not in await _names(catalog)
     assert await catalog.resolve("x:latest") is None
+
+
+async def test_a_pod_sees_its_own_change_at_once_and_others_within_the_cache(
+    catalog: Catalog, redis: Redis
+) -> None:
+    other_pod = Catalog(redis, Registry(redis))
+    assert await other_pod.resolve("mine:latest") is None  # read (and cached) before the copy
+    assert await catalog.copy("a:latest", "mine:latest")
+    assert await catalog.resolve("mine:latest") is not None
+    assert await other_pod.resolve("mine:latest") is None  # still its cached view
+    await asyncio.sleep(CACHE_S)
+    found = await other_pod.resolve("mine:latest")
+    assert found is not None and found.name == "a:latest"
