@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 import orjson
 
-from shared.embedded import EmbeddedRedis, free_port
+from cli.embedded import EmbeddedRedis
+from cli.ports import free_port
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
@@ -90,7 +91,7 @@ def herd(runs: int, num_predict: int, n_ctx: int) -> list[Sample]:
             "HERD_LOG_LEVEL": "warning",
         }
         children = [
-            subprocess.Popen([sys.executable, "-m", "shared.cli", role], env=env)
+            subprocess.Popen([sys.executable, "-m", "cli", role], env=env)
             for role in ("worker", "api")
         ]
         try:

@@ -18,8 +18,9 @@ import uvicorn
 from redis.asyncio import Redis
 
 from api.app import create_app
+from cli.embedded import EmbeddedRedis
+from cli.ports import free_port
 from shared import keys
-from shared.embedded import EmbeddedRedis, free_port
 from shared.messages import (
     DoneEvent,
     ErrorEvent,
@@ -196,7 +197,7 @@ def herd_process() -> Iterator[ProcessFactory]:
     def start(command: str, **env: str) -> subprocess.Popen[bytes]:
         full_env = {**os.environ, "HERD_LOG_FORMAT": "json", **env}
         child = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", command],
+            [sys.executable, "-m", "cli", command],
             env=full_env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

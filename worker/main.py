@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 
 import structlog
 
@@ -34,7 +35,7 @@ def build_engine(settings: Settings) -> Engine:
     )
 
 
-async def serve_worker(settings: Settings) -> None:
+async def serve_worker(settings: Settings, probe_socket: socket.socket) -> None:
     client = connect(settings)
     worker = Worker(settings, client, build_engine(settings))
 
@@ -46,7 +47,8 @@ async def serve_worker(settings: Settings) -> None:
         return True, ""
 
     probes = health_server(create_health_app(readiness), settings.worker_health_addr)
-    probe_task = asyncio.create_task(probes.serve(), name="probes")
+    # bound by `herd` before start-up, so a taken port is its one-line error
+    probe_task = asyncio.create_task(probes.serve(sockets=[probe_socket]), name="probes")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
@@ -59,5 +61,5 @@ async def serve_worker(settings: Settings) -> None:
         await client.aclose()
 
 
-def main(settings: Settings) -> None:
-    asyncio.run(serve_worker(settings))
+def main(settings: Settings, probe_socket: socket.socket) -> None:
+    asyncio.run(serve_worker(settings, probe_socket))

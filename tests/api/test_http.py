@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from api.http import origin_regex
-from shared.embedded import free_port
+from cli.ports import free_port
 from tests.conftest import ApiFactory
 
 PREFLIGHT = {"Access-Control-Request-Method": "POST"}

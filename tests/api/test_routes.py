@@ -27,7 +27,7 @@ async def test_root_version_and_health(api: ApiFactory) -> None:
 
 
 async def test_readyz_is_503_when_redis_is_unreachable(api: ApiFactory) -> None:
-    from shared.embedded import free_port
+    from cli.ports import free_port
 
     client = await api(redis_url=f"redis://127.0.0.1:{free_port()}/0")
     ready = await client.get("/readyz")

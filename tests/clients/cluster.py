@@ -27,7 +27,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.embedded import EmbeddedRedis, free_port
+from cli.embedded import EmbeddedRedis
+from cli.ports import free_port
 
 TOOLS_MODEL = "fake-tools:latest"
 PLAIN_MODEL = "fake-plain:latest"
@@ -66,7 +67,7 @@ class Cluster:
         log = (self.log_dir / f"{name}.log").open("wb")
         full = {**os.environ, **_COMMON, "HERD_REDIS_URL": self.redis.url, **env}
         self.children[name] = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", role],
+            [sys.executable, "-m", "cli", role],
             env=full,
             stdout=log,
             stderr=subprocess.STDOUT,

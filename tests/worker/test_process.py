@@ -9,8 +9,8 @@ import time
 import orjson
 from redis.asyncio import Redis
 
+from cli.ports import free_port
 from shared import keys
-from shared.embedded import free_port
 from shared.errors import WORKER_LOST
 from shared.messages import ControlMessage, DoneEvent
 from tests.conftest import (

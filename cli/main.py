@@ -14,26 +14,32 @@ import time
 import httpx
 import structlog
 
-from shared.embedded import EmbeddedRedis
+from cli.embedded import EmbeddedRedis
+from cli.ports import PortUnavailable, check_can_listen, free_port, listen
+from cli.verbs import TIMEOUT, VerbError, Verbs, base_url
 from shared.logging import configure_logging
 from shared.settings import Settings
-from shared.verbs import TIMEOUT, VerbError, Verbs, base_url
 
 log = structlog.get_logger()
 
 
 def _serve(settings: Settings) -> int:
     """Embedded Redis (unless HERD_REDIS_URL is set), one API and one worker, as children."""
-    redis: EmbeddedRedis | None = None
+    check_can_listen(settings.host, "HERD_HOST")
     env = dict(os.environ)
+    if "worker_health_addr" in settings.model_fields_set:
+        check_can_listen(settings.worker_health_addr, "HERD_WORKER_HEALTH_ADDR")
+    else:
+        # nothing probes this worker: a fixed port would stop a second `herd serve` here
+        env["HERD_WORKER_HEALTH_ADDR"] = f"127.0.0.1:{free_port()}"
+    redis: EmbeddedRedis | None = None
     if settings.redis_url is None:
         redis = EmbeddedRedis()
         redis.start()
         env["HERD_REDIS_URL"] = redis.url
         log.info("embedded_redis_started", url=redis.url)
     children = [
-        subprocess.Popen([sys.executable, "-m", "shared.cli", role], env=env)
-        for role in ("worker", "api")
+        subprocess.Popen([sys.executable, "-m", "cli", role], env=env) for role in ("worker", "api")
     ]
     log.info("herd_serving", url=settings.host.url)
 
@@ -118,20 +124,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.command not in ("serve", "api", "worker"):
         return _client_verb(args, settings)
     configure_logging(settings.log_format, settings.log_level)
-    if args.command == "serve":
-        return _serve(settings)
-    if settings.redis_url is None:
+    if args.command != "serve" and settings.redis_url is None:
         parser.error("HERD_REDIS_URL must be set for `herd api` and `herd worker`")
-    if args.command == "api":
-        from api.main import main as api_main
+    try:
+        if args.command == "serve":
+            return _serve(settings)
+        if args.command == "api":
+            check_can_listen(settings.host, "HERD_HOST")
+            from api.main import main as api_main
 
-        api_main(settings)
-    else:
-        from worker.main import main as worker_main
+            api_main(settings)
+        else:
+            probes = listen(settings.worker_health_addr, "HERD_WORKER_HEALTH_ADDR")
+            from worker.main import main as worker_main
 
-        worker_main(settings)
+            worker_main(settings, probes)
+    except PortUnavailable as exc:
+        sys.stderr.write(f"Error: {exc}\n")
+        return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from cli.verbs import TIMEOUT, VerbError, Verbs, base_url, human_size
 from shared.hostaddr import parse_host
-from shared.verbs import TIMEOUT, VerbError, Verbs, base_url, human_size
 from tests.conftest import ApiFactory, WorkerFactory
 from worker.fake_engine import REPLY
 
@@ -76,14 +76,14 @@ async def test_the_cli_prints_the_apis_error_and_exits_1(
     url, _ = await _verbs(api, worker)
     env = {**os.environ, "HERD_HOST": url}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", "show", "missing", env=env,
+        sys.executable, "-m", "cli", "show", "missing", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await process.communicate()
     assert process.returncode == 1
     assert err.decode() == "Error: model 'missing:latest' not found\n"
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", "ls", env=env, stdout=asyncio.subprocess.PIPE
+        sys.executable, "-m", "cli", "ls", env=env, stdout=asyncio.subprocess.PIPE
     )
     out, _ = await process.communicate()
     assert process.returncode == 0 and "gemma3:270m" in out.decode()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import socket
 
-from shared.embedded import EmbeddedRedis
+from cli.embedded import EmbeddedRedis
 
 
 def test_embedded_redis_answers_and_stops() -> None:

@@ -1,0 +1,116 @@
+"""``herd serve``, ``herd api`` and ``herd worker`` as real processes: ports taken, and two
+``herd serve`` on one machine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from cli.ports import free_port
+
+HERD = [sys.executable, "-m", "cli"]
+
+
+def _env(**values: str) -> dict[str, str]:
+    """This environment without any Herd setting of the caller's, plus ``values``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERD_")}
+    return {**env, "HERD_ENGINE": "fake", "HERD_LOG_FORMAT": "json", **values}
+
+
+@pytest.fixture
+def taken() -> Iterator[int]:
+    """A port something else listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def _refused(command: str, env: dict[str, str]) -> str:
+    result = subprocess.run(
+        [*HERD, command], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 1, result.stderr
+    return result.stderr
+
+
+def test_api_on_a_taken_port_says_so_in_one_line(taken: int, redis_url: str) -> None:
+    env = _env(HERD_REDIS_URL=redis_url, HERD_HOST=f"127.0.0.1:{taken}")
+    assert _refused("api", env) == (
+        f"Error: cannot listen on 127.0.0.1:{taken} (HERD_HOST): address already in use\n"
+    )
+
+
+def test_worker_on_a_taken_probe_port_says_so_in_one_line(taken: int, redis_url: str) -> None:
+    env = _env(HERD_REDIS_URL=redis_url, HERD_WORKER_HEALTH_ADDR=f"127.0.0.1:{taken}")
+    assert _refused("worker", env) == (
+        f"Error: cannot listen on 127.0.0.1:{taken} (HERD_WORKER_HEALTH_ADDR): "
+        "address already in use\n"
+    )
+
+
+def test_serve_on_a_taken_port_says_so_in_one_line(taken: int) -> None:
+    assert _refused("serve", _env(HERD_HOST=f"127.0.0.1:{taken}")) == (
+        f"Error: cannot listen on 127.0.0.1:{taken} (HERD_HOST): address already in use\n"
+    )
+    # a probe address the user chose is checked too (without one, serve picks a free port)
+    probe = f"127.0.0.1:{taken}"
+    env = _env(HERD_HOST=f"127.0.0.1:{free_port()}", HERD_WORKER_HEALTH_ADDR=probe)
+    assert _refused("serve", env) == (
+        f"Error: cannot listen on 127.0.0.1:{taken} (HERD_WORKER_HEALTH_ADDR): "
+        "address already in use\n"
+    )
+
+
+def _serving(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> list[str]:
+    """The models ``url`` lists once its worker has advertised one."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"herd serve exited with {process.returncode}"
+        try:
+            models = [m["model"] for m in httpx.get(f"{url}/api/tags", timeout=1).json()["models"]]
+        except httpx.HTTPError:
+            models = []
+        if models:
+            return models
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} listed no model within {timeout_s} s")
+
+
+def test_two_serves_on_one_machine() -> None:
+    ports = [free_port(), free_port()]
+    serves = [
+        subprocess.Popen(
+            [*HERD, "serve"],
+            env=_env(HERD_HOST=f"127.0.0.1:{port}", HERD_FAKE_MODELS=f'["m{port}:latest"]'),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
+    try:
+        # each has its own Redis and a worker of its own, on a probe port of its own
+        for port, serve in zip(ports, serves, strict=True):
+            assert _serving(f"http://127.0.0.1:{port}", serve) == [f"m{port}:latest"]
+    finally:
+        for serve in serves:
+            serve.send_signal(signal.SIGINT)  # Ctrl-C
+        codes = [_stopped(serve) for serve in serves]
+    assert codes == [0, 0]
+
+
+def _stopped(process: subprocess.Popen[bytes]) -> int:
+    try:
+        return process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
