@@ -1,5 +1,5 @@
 """LlamaEngine on the real gemma3:270m (llama.cpp): options, structured output, logprobs,
-seeds, load options and embeddings. The model is loaded once for the module."""
+seeds, load options and embeddings. The model is loaded once for the module (``e2e``)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from worker.catalog import DEFAULT_MODEL, default_model
 from worker.engine import Finish, Piece
 from worker.llama.engine import LlamaEngine
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# loads the real model: not for `make unit`
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.e2e]
 
 N_CTX = 1024
 GREEDY = SamplingOptions(temperature=0)
