@@ -69,33 +69,36 @@ def _plausible_metrics(response: ollama.ChatResponse | ollama.GenerateResponse) 
     assert 1_000 < per_token_ns < 1_000_000_000
 
 
+# Seeded at temperature 0, a request repeats its text exactly only from the same state:
+# llama.cpp's first, whole-prompt evaluation rounds differently from a later one that reuses
+# the cached prompt. So tests that compare two answers ask once beforehand.
+
+
 def test_chat_streams_text(client: ollama.Client) -> None:
-    parts = list(
-        client.chat(
-            model=MODEL,
-            messages=[{"role": "user", "content": "Name three colours."}],
-            stream=True,
-            options=SHORT,
-        )
-    )
-    text = "".join(p.message.content or "" for p in parts)
-    assert len(parts) > 2 and text.strip()
-    assert all(not p.done for p in parts[:-1])
+    messages = [{"role": "user", "content": "Name three colours."}]
+    client.chat(model=MODEL, messages=messages, options=SHORT)  # see above
+    parts = list(client.chat(model=MODEL, messages=messages, stream=True, options=SHORT))
+    assert all(not p.done for p in parts[:-1]) and parts[-1].done
     _plausible_metrics(parts[-1])
+    assert parts[-1].eval_count is not None and len(parts) <= parts[-1].eval_count + 1
+    # whatever the model wrote, streaming it changed nothing
+    whole = client.chat(model=MODEL, messages=messages, options=SHORT)
+    assert "".join(p.message.content or "" for p in parts) == whole.message.content
 
 
 def test_chat_not_streamed_is_deterministic_with_a_seed(client: ollama.Client) -> None:
     messages = [{"role": "user", "content": "Say hello."}]
+    client.chat(model=MODEL, messages=messages, options=SHORT)  # see above
     first = client.chat(model=MODEL, messages=messages, options=SHORT)
     second = client.chat(model=MODEL, messages=messages, options=SHORT)
-    assert first.message.role == "assistant" and first.message.content
+    assert first.message.role == "assistant" and first.message.content is not None
     assert first.message.content == second.message.content
     _plausible_metrics(first)
 
 
 def test_generate_returns_text_and_context(client: ollama.Client) -> None:
     response = client.generate(model=MODEL, prompt="The sky is", options=SHORT)
-    assert response.response is not None and response.response.strip()
+    assert response.response is not None
     assert response.context is not None
     assert response.prompt_eval_count is not None and response.eval_count is not None
     assert len(response.context) == response.prompt_eval_count + response.eval_count
@@ -103,14 +106,15 @@ def test_generate_returns_text_and_context(client: ollama.Client) -> None:
 
 
 def test_stop_option_ends_the_text(client: ollama.Client) -> None:
-    free = client.generate(model=MODEL, prompt="Count: 1, 2, 3,", options=SHORT)
-    words = (free.response or "").split()
-    assert len(words) >= 2
-    stop = words[1]
-    stopped = client.generate(
-        model=MODEL, prompt="Count: 1, 2, 3,", options={**SHORT, "stop": [stop]}
-    )
-    assert stopped.response is not None and stop not in stopped.response
+    prompt = "Count: 1, 2, 3,"
+    client.generate(model=MODEL, prompt=prompt, options=SHORT)  # see above
+    free = client.generate(model=MODEL, prompt=prompt, options=SHORT).response or ""
+    assert free, "no text to take a stop string from"
+    # a stop string from the text the model actually wrote, whatever that text is
+    middle = len(free) // 2
+    stop = free[middle : middle + 2]
+    stopped = client.generate(model=MODEL, prompt=prompt, options={**SHORT, "stop": [stop]})
+    assert stopped.response == free[: free.index(stop)]
     assert stopped.done_reason == "stop"
 
 

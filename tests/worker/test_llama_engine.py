@@ -144,12 +144,17 @@ async def test_seed_makes_sampling_repeatable(engine: LlamaEngine) -> None:
 
 async def test_num_predict_and_stop_strings(engine: LlamaEngine) -> None:
     options = GREEDY.model_copy(update={"num_predict": 5})
-    pieces, finish = await run(engine, job(prompt="Count: 1, 2, 3,", raw=True, options=options))
+    request = job(prompt="Count: 1, 2, 3,", raw=True, options=options)
+    # asked once before: a first, whole-prompt evaluation can round differently from the
+    # later ones that reuse the cached prompt, and the two answers below must be the same
+    await run(engine, request)
+    pieces, finish = await run(engine, request)
     assert (finish.done_reason, finish.n_decoded) == ("length", 5)
     assert finish.context is None  # raw mode returns no context
-    # the same text with a stop string at its third character ends there
+    # a stop string from the middle of the text the model wrote, whatever it is, ends it there
     full = text_of(pieces)
-    stop = full.strip()[1:3]
+    assert full, "no text to take a stop string from"
+    stop = full[len(full) // 2 :][:2]
     options = GREEDY.model_copy(update={"num_predict": 5, "stop": [stop]})
     cut, finish = await run(engine, job(prompt="Count: 1, 2, 3,", raw=True, options=options))
     assert finish.done_reason == "stop"
