@@ -226,7 +226,9 @@ class LoadedModel(_Wire):
     context_length: int = 0
     #: RFC 3339; when the idle model unloads (far future for "forever").
     expires_at: str
+    #: Requests running or queued on it, and how many it runs at once (batched).
     busy: int = 0
+    slots: int = 1
 
 
 class WorkerAdvert(_Wire):

@@ -42,7 +42,13 @@ class Settings(BaseSettings):
         default_factory=lambda: parse_host("127.0.0.1:11435"),
         description="Where a worker answers /healthz and /readyz.",
     )
-    num_parallel: int = Field(1, ge=1, le=256, description="Jobs one worker runs at once.")
+    num_parallel: int | Literal["auto"] = Field(
+        "auto",
+        description=(
+            "Requests a loaded model runs at once, batched (each with num_ctx of KV cache). "
+            "auto: as many as the device's free memory holds, at most 4 on a CPU, 16 on a GPU."
+        ),
+    )
     max_queue: int = Field(512, ge=1, description="Jobs waiting per model before 503.")
     keep_alive: str = Field("5m", description="Default keep_alive of a loaded model.")
     num_ctx: int = Field(4096, ge=256, description="Context length a model is loaded with.")
@@ -88,6 +94,18 @@ class Settings(BaseSettings):
     def _check_keep_alive(cls, value: str) -> str:
         keep_alive_seconds(value, setting=True)  # raises on a malformed duration
         return value
+
+    @field_validator("num_parallel")
+    @classmethod
+    def _check_num_parallel(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 256:
+            raise ValueError("num_parallel must be between 1 and 256, or auto")
+        return value
+
+    @property
+    def slots(self) -> int | None:
+        """``num_parallel`` as a number; None for auto (the engine decides per model)."""
+        return None if self.num_parallel == "auto" else self.num_parallel
 
     @property
     def keep_alive_s(self) -> float:

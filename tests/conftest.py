@@ -126,6 +126,7 @@ async def worker(make_settings: SettingsFactory, redis_url: str) -> AsyncIterato
                 settings.fake_models,
                 settings.fake_token_delay_s,
                 capabilities=settings.fake_capabilities,
+                slots=settings.slots,
             )
         instance = Worker(settings, client, engine)
         task = asyncio.create_task(instance.run())

@@ -3,8 +3,12 @@
 Delivery semantics:
 
 - A job is claimed with ``XREADGROUP`` (group ``keys.JOB_GROUP``, consumer = worker id)
-  only while a slot is free, and removed (``XACK`` + ``XDEL``) after its final event —
-  done or error — is published; the stream holds only outstanding work.
+  only when it can start now: from the streams of models with a free slot (the engine's
+  slots per model, less the jobs of it running here), with ``COUNT`` no larger than the
+  fewest free slots among them, or from the stream of a model this worker could load next
+  (one job, which loads it). A job that cannot start here stays in its stream for another
+  worker. It is removed (``XACK`` + ``XDEL``) after its final event — done or error — is
+  published; the stream holds only outstanding work.
 - Before running (with its model loaded: ``worker.jobs``), the worker publishes
   ``started``; PUBLISH answering 0 (no listener) or a cancel marker means the client is
   gone, and the job is dropped unrun. While running, a
@@ -27,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -60,8 +63,10 @@ class Worker:
         self.engine = engine
         self.devices = devices if devices is not None else Devices()
         self.advertiser = Advertiser(client, self.id, engine.name, settings.heartbeat_ttl_s)
-        self._slots = asyncio.Semaphore(settings.num_parallel)
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Jobs claimed per model and not finished yet.
+        self._inflight: dict[str, int] = {}
+        self._capacity = asyncio.Event()
         #: Stream entries this process is running (others pending under its id are orphans).
         self._running: set[str] = set()
         self._stopping = asyncio.Event()
@@ -71,7 +76,7 @@ class Worker:
             engine,
             max_loaded=settings.max_loaded_models,
             default_keep_alive_s=settings.keep_alive_s,
-            on_change=self._beat_soon.set,
+            on_change=self._models_changed,
         )
         self._jobs = JobRunner(client, engine, self.residency, self.id, self._beat)
         self.ready = False
@@ -83,6 +88,18 @@ class Worker:
     @property
     def streams(self) -> list[str]:
         return [keys.job_stream(m.name) for m in self.engine.models()]
+
+    def capacity(self, model: str) -> int:
+        """Jobs of ``model`` this worker could start now."""
+        running = self._inflight.get(model, 0)
+        if self.residency.serving(model):
+            return max(0, self.engine.slots(model) - running)
+        # not loaded (or reloading): one job may start its load, if that can happen now
+        return 1 if running == 0 and self.residency.can_load() else 0
+
+    def _models_changed(self) -> None:
+        self._beat_soon.set()
+        self._capacity.set()
 
     def stop(self) -> None:
         """Stop claiming now; ``run`` then drains and returns."""
@@ -133,48 +150,54 @@ class Worker:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _claim_loop(self) -> None:
-        streams: dict[Any, Any] = dict.fromkeys(self.streams, ">")
+        models = {keys.job_stream(m.name): m.name for m in self.engine.models()}
         next_reclaim = 0.0
         while True:
-            await self._slots.acquire()
+            free = {s: c for s, m in models.items() if (c := self.capacity(m)) > 0}
+            if not free:
+                self._capacity.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._capacity.wait(), timeout=self.settings.heartbeat_interval_s
+                    )
+                continue
             try:
                 # jobs of dead workers first, checked once per heartbeat interval
                 if time.monotonic() >= next_reclaim:
                     next_reclaim = time.monotonic() + self.settings.heartbeat_interval_s
-                    orphan = await self._reclaim_one()
+                    orphan = await self._reclaim_one(list(free))
                     if orphan is not None:
                         self._spawn(*orphan)
                         continue
+                # COUNT applies per stream: never more than any of them has room for
                 reply = await self._client.xreadgroup(
                     keys.JOB_GROUP,
                     self.id,
-                    streams,
-                    count=1,
+                    dict.fromkeys(free, ">"),
+                    count=min(free.values()),
                     block=keys.BLOCK_MS,
                 )
             except (RedisError, OSError) as exc:
-                self._slots.release()
                 log.warning("claim_failed", error=str(exc))
                 await asyncio.sleep(1)
                 continue
-            except asyncio.CancelledError:
-                self._slots.release()
-                raise
-            entries = [(s, e, f) for s, batch in reply or [] for e, f in batch]
-            if not entries:
-                self._slots.release()
-                continue
-            for index, (stream, entry_id, fields) in enumerate(entries):
-                if index:  # one read can return an entry per stream: take a slot for each
-                    await self._slots.acquire()
-                self._spawn(stream.decode(), entry_id.decode(), fields, attempt=1)
+            for stream, batch in reply or []:
+                for entry_id, fields in batch:
+                    self._spawn(stream.decode(), entry_id.decode(), fields, attempt=1)
 
     def _spawn(self, stream: str, entry_id: str, fields: dict[bytes, bytes], attempt: int) -> None:
+        model = next(m.name for m in self.engine.models() if keys.job_stream(m.name) == stream)
+        self._inflight[model] = self._inflight.get(model, 0) + 1
         task = asyncio.create_task(self._handle(stream, entry_id, fields, attempt))
         self._tasks.add(task)
         self._running.add(entry_id)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda _: self._running.discard(entry_id))
+        task.add_done_callback(lambda _: self._finished(model))
+
+    def _finished(self, model: str) -> None:
+        self._inflight[model] -= 1
+        self._capacity.set()
 
     async def _handle(
         self, stream: str, entry_id: str, fields: dict[bytes, bytes], attempt: int
@@ -193,19 +216,19 @@ class Worker:
             with contextlib.suppress(RedisError, OSError):
                 await self._client.xack(stream, keys.JOB_GROUP, entry_id)
                 await self._client.xdel(stream, entry_id)
-            self._slots.release()
 
     async def _beat(self) -> None:
         async with self._beat_lock:  # an older snapshot never overwrites a newer one
             self._beat_soon.clear()
             devices = await asyncio.to_thread(self.devices.snapshot)
             models = self.engine.models()
+            loaded = self.residency.loaded()
             advert = self.advertiser.advert(
                 devices=devices,
                 models=models,
-                total=self.settings.num_parallel,
-                free=max(0, self.settings.num_parallel - len(self._tasks)),
-                loaded=self.residency.loaded(),
+                total=sum(m.slots for m in loaded),
+                free=sum(max(0, m.slots - self._inflight.get(m.name, 0)) for m in loaded),
+                loaded=loaded,
             )
             await self.advertiser.beat(advert)
         source: ModelInfoSource | None = getattr(self.engine, "full_model_info", None)
@@ -222,13 +245,16 @@ class Worker:
             except (RedisError, OSError) as exc:
                 log.warning("heartbeat_failed", error=str(exc))
 
-    async def _reclaim_one(self) -> tuple[str, str, dict[bytes, bytes], int] | None:
+    async def _reclaim_one(
+        self, streams: list[str]
+    ) -> tuple[str, str, dict[bytes, bytes], int] | None:
         """Take over one pending job of a worker whose advert expired, if there is one.
 
         Entries pending under this worker's own id that this process is not running were
         left by an earlier process with the same id (a restarted pod keeps its hostname):
-        they are orphans too, though the id's advert is alive again."""
-        for stream in self.streams:
+        they are orphans too, though the id's advert is alive again. Only ``streams``
+        (those with room now) are looked at."""
+        for stream in streams:
             pending = await self._client.xpending_range(stream, keys.JOB_GROUP, "-", "+", 100)
             for entry in pending:
                 owner = entry["consumer"].decode()

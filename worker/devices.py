@@ -68,6 +68,11 @@ class Devices:
     def snapshot(self) -> list[DeviceInfo]:
         return self.gpus() or [host_memory()]
 
+    def free_bytes(self, gpu: bool) -> int:
+        """Free memory where a model would load: the roomiest GPU, or the host's RAM."""
+        gpus = self.gpus() if gpu else []
+        return max((d.free_bytes for d in gpus), default=0) if gpus else host_memory().free_bytes
+
     def close(self) -> None:
         if self._nvml is not None:
             with contextlib.suppress(self._nvml.NVMLError):

@@ -1,9 +1,9 @@
 """The Engine protocol: what the consumer needs from whatever produces tokens.
 
 ``LlamaEngine`` (``worker.llama``, the only package that imports ``llama_cpp``) and
-``FakeEngine`` (``worker.fake_engine``) implement it. ``generate`` may be called for many
-jobs at once; an engine serialises or batches them as it can. Closing the iterator early
-cancels the generation.
+``FakeEngine`` (``worker.fake_engine``) implement it. ``generate`` may be called for up to
+``slots(model)`` jobs of a model at once, and runs them together (the llama engine
+decodes them in one batch). Closing the iterator early cancels the generation.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ class Finish:
     prompt_eval_ns: int
     eval_ns: int
     context: list[int] | None = None
+    #: Prompt tokens found in the KV cache (not evaluated again); in ``n_prompt_tokens``,
+    #: which counts them all, as Ollama's ``prompt_eval_count`` does.
+    n_cached: int = 0
 
 
 EngineOutput = Piece | Finish
@@ -55,6 +58,11 @@ class Engine(Protocol):
 
     def loaded(self) -> list[LoadedModel]:
         """The models resident now."""
+        ...
+
+    def slots(self, name: str) -> int:
+        """How many generations of ``name`` run at once (batched): as loaded, or as it
+        would be loaded now. The worker claims no more jobs of it than that."""
         ...
 
     async def start(self) -> None:

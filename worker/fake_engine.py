@@ -18,6 +18,8 @@ It reads no model file and implements the whole ``Engine`` protocol deterministi
   real engine. ``start`` preloads the first model, like the worker's default model.
 - A word is a token: a prompt or an input with more words than the context (``num_ctx``,
   4096 by default) is refused when ``shift``/``truncate`` is false, with Ollama's texts.
+- Slots as in the llama engine: ``slots`` generations of a model run at once (``None``:
+  ``AUTO_SLOTS``, as ``auto`` picks on a CPU); more wait for a free one.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ THOUGHTS = "Fake thoughts."
 #: What every loaded fake model "occupies".
 SIZE_BYTES = 1024 * 1024
 EMBEDDING_LENGTH = 8
+#: Slots per model when none are set (the llama engine's ``auto`` on a CPU).
+AUTO_SLOTS = 4
 DEFAULT_CONTEXT = 4096
 DEFAULT_CAPABILITIES = ("completion", "tools", "thinking", "insert", "embedding")
 PROMPT_TOO_LONG = (
@@ -62,12 +66,18 @@ class FakeEngine:
         capabilities: Sequence[str] = DEFAULT_CAPABILITIES,
         load_delay_s: float = 0.0,
         preload: bool = True,
+        slots: int | None = None,
     ) -> None:
         self._models = [_advert(m, list(capabilities)) for m in models]
         self._delay = token_delay_s
         self._load_delay = load_delay_s
         self._preload = preload
         self._loaded: dict[str, LoadOptions] = {}
+        self._slots = slots or AUTO_SLOTS
+        self._free: dict[str, asyncio.Semaphore] = {}
+        #: Generations running now, per model, and the most seen at once.
+        self.running: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
         #: Jobs generated so far, newest last (tests check exactly-once runs with it).
         self.seen: list[str] = []
         #: Every load and unload, in order: ("load", name) / ("unload", name).
@@ -83,9 +93,14 @@ class FakeEngine:
                 size_bytes=SIZE_BYTES,
                 context_length=options.num_ctx or DEFAULT_CONTEXT,
                 expires_at="",  # the worker's residency knows when; the engine does not
+                busy=self.running.get(name, 0),
+                slots=self._slots,
             )
             for name, options in self._loaded.items()
         ]
+
+    def slots(self, name: str) -> int:
+        return self._slots
 
     def full_model_info(self, name: str) -> dict[str, Any]:
         return _model_info(name)
@@ -126,6 +141,17 @@ class FakeEngine:
         prompt = job.prompt + "".join(m.content for m in job.messages)
         if len(prompt.split()) > n_ctx and (job.shift is False or job.truncate is False):
             raise InvalidRequest(PROMPT_TOO_LONG)
+        free = self._free.setdefault(job.model, asyncio.Semaphore(self._slots))
+        async with free:
+            self.running[job.model] = self.running.get(job.model, 0) + 1
+            self.peak[job.model] = max(self.peak.get(job.model, 0), self.running[job.model])
+            try:
+                async for output in self._generate(job, prompt):
+                    yield output
+            finally:
+                self.running[job.model] -= 1
+
+    async def _generate(self, job: GenerateJob, prompt: str) -> AsyncIterator[EngineOutput]:
         pieces = self._pieces(job)
         limit = job.options.num_predict
         reason: Literal["stop", "length"] = "stop"

@@ -12,13 +12,14 @@ import structlog
 from shared.redis import connect
 from shared.settings import Settings
 from worker.consumer import Worker
+from worker.devices import Devices
 from worker.engine import Engine
 from worker.health import create_health_app, health_server
 
 log = structlog.get_logger()
 
 
-def build_engine(settings: Settings) -> Engine:
+def build_engine(settings: Settings, devices: Devices) -> Engine:
     if settings.engine == "fake":
         from worker.fake_engine import FakeEngine
 
@@ -26,18 +27,24 @@ def build_engine(settings: Settings) -> Engine:
             settings.fake_models,
             settings.fake_token_delay_s,
             capabilities=settings.fake_capabilities,
+            slots=settings.slots,
         )
     from worker.catalog import discover
     from worker.llama.engine import LlamaEngine
 
     return LlamaEngine(
-        discover(settings), n_ctx=settings.num_ctx, n_gpu_layers=settings.n_gpu_layers
+        discover(settings),
+        n_ctx=settings.num_ctx,
+        n_gpu_layers=settings.n_gpu_layers,
+        num_parallel=settings.slots,
+        free_memory=devices.free_bytes,
     )
 
 
 async def serve_worker(settings: Settings, probe_socket: socket.socket) -> None:
     client = connect(settings)
-    worker = Worker(settings, client, build_engine(settings))
+    devices = Devices()
+    worker = Worker(settings, client, build_engine(settings, devices), devices)
 
     def readiness() -> tuple[bool, str]:
         if not worker.ready:

@@ -147,6 +147,18 @@ class Residency:
     def resident(self) -> list[str]:
         return list(self._models)
 
+    def serving(self, name: str) -> bool:
+        """Whether ``name`` is loaded and takes new jobs (it is not about to go)."""
+        entry = self._models.get(name)
+        return entry is not None and not entry.closing
+
+    def can_load(self) -> bool:
+        """Whether a load could start now: none is under way, and there is room for one
+        more model or an idle one to make room."""
+        if self._lock.locked():
+            return False
+        return len(self._models) < self._max or any(not e.busy for e in self._models.values())
+
     async def close(self) -> None:
         for entry in self._models.values():
             if entry.timer is not None:

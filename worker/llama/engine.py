@@ -1,81 +1,76 @@
-"""The llama.cpp engine (``worker.llama_*`` are the only modules that import ``llama_cpp``).
+"""The llama.cpp engine (``worker.llama`` is the only package that imports ``llama_cpp``).
 
 Every servable model is described from its GGUF header at construction (no weights are
-read); ``load`` creates a ``Resident`` (a ``Llama`` and its owner thread), and ``load``
-with other load-time options replaces it: the old instance finishes the work queued on it,
-then frees itself. When to load and unload is the worker's residency policy, not this.
+read); ``load`` creates a ``Runtime`` sized for the model's slots and a ``Scheduler`` (the
+thread that owns it and batches its sequences), and ``load`` with other load-time options
+replaces it: the old instance finishes the work submitted to it, then frees itself. When
+to load and unload is the worker's residency policy, not this.
 
-Tokens reach the event loop through a bounded hand-off; closing a job's iterator sets its
-cancel flag, which the model's thread checks between tokens.
+A generation's prompt is built off the model's thread; its outputs come back through an
+``Outbox``. Closing a job's iterator sets its cancel flag: the scheduler frees its slot
+at the next step. Pieces that are ready together reach the caller as one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import threading
+import dataclasses
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import structlog
 
-from shared.errors import EngineFailure, HerdError, ModelNotFound, Unavailable
+from shared.errors import EngineFailure, HerdError, ModelNotFound
 from shared.messages import GenerateJob, LoadedModel, LoadOptions, ModelAdvert
 from worker.catalog import ModelSpec
+from worker.devices import host_memory
 from worker.engine import Embeddings, EngineOutput, Finish, Piece
 from worker.gguf_header import read_header
+from worker.llama.batch import DONE, Outbox, Scheduler
 from worker.llama.embed import embed
-from worker.llama.generate import generate
-from worker.llama.model import LoadParams, Resident
+from worker.llama.model import LoadParams, Runtime, auto_slots, gpu_offload_supported
 from worker.llama.prompt import Vocab
+from worker.llama.sequence import Sequence
 from worker.modelinfo import Description, describe, model_info
 
 log = structlog.get_logger()
 
-#: Tokens a generation may run ahead of the event loop.
-HANDOFF_LIMIT = 64
-_DONE = object()
-
-
-@dataclass
-class _Handoff:
-    loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue[EngineOutput | BaseException | object] = field(default_factory=asyncio.Queue)
-    space: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(HANDOFF_LIMIT))
-    cancel: threading.Event = field(default_factory=threading.Event)
-
-    def send(self, item: EngineOutput | BaseException | object) -> bool:
-        """Hand one item to the event loop; False once the job was cancelled."""
-        while not self.space.acquire(timeout=0.25):
-            if self.cancel.is_set():
-                return False
-        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
-        return not self.cancel.is_set()
-
-    def post(self, item: BaseException | object) -> None:
-        """Hand over a last item whether or not the reader keeps up (it may be gone)."""
-        with contextlib.suppress(RuntimeError):  # the loop is closed
-            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
-
 
 class _Model:
-    """A resident instance with its vocabulary helper."""
+    """A loaded instance: its runtime, scheduler and vocabulary helper."""
 
     def __init__(self, desc: Description, params: LoadParams) -> None:
-        self.resident = Resident(desc, params)
-        self.vocab = Vocab(self.resident.llm)
+        runtime = Runtime(desc, params)
+        self.params = params
+        self.vocab = Vocab(runtime.model)
+        self.scheduler = Scheduler(runtime)
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.scheduler.runtime
 
 
 class LlamaEngine:
     name = "llama"
 
-    def __init__(self, specs: list[ModelSpec], *, n_ctx: int, n_gpu_layers: int) -> None:
+    def __init__(
+        self,
+        specs: list[ModelSpec],
+        *,
+        n_ctx: int,
+        n_gpu_layers: int,
+        num_parallel: int | None = None,
+        free_memory: Callable[[bool], int] | None = None,
+    ) -> None:
+        """``num_parallel``: slots per model (None: as many as fit, see ``auto_slots``);
+        ``free_memory(gpu)``: the free bytes of the device a model would load on."""
         self._descriptions: dict[str, Description] = {s.name: describe(s) for s in specs}
         self._n_ctx = n_ctx
         self._n_gpu_layers = n_gpu_layers
+        self._num_parallel = num_parallel
+        self._free_memory = free_memory or (lambda gpu: host_memory().free_bytes)
         self._loaded: dict[str, _Model] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -87,7 +82,14 @@ class LlamaEngine:
         return model_info(read_header(self._describe(name).spec.path, full=True))
 
     def loaded(self) -> list[LoadedModel]:
-        return [m.resident.status() for m in self._loaded.values()]
+        return [m.scheduler.status() for m in self._loaded.values()]
+
+    def slots(self, name: str) -> int:
+        """Sequences ``name`` runs at once (as loaded, or as it would load now)."""
+        model = self._loaded.get(name)
+        if model is not None:
+            return model.runtime.slots
+        return self._params(name, LoadOptions()).slots
 
     async def start(self) -> None:
         """Preload the first model (the default one when served); the others load on
@@ -96,7 +98,7 @@ class LlamaEngine:
             await self.load(name, LoadOptions())
 
     async def close(self) -> None:
-        """Stop every model; generations still running end without their Finish."""
+        """Stop every model; generations still running end with an error."""
         for name in list(self._loaded):
             await self.unload(name, cancel=True)
 
@@ -113,37 +115,49 @@ class LlamaEngine:
             num_thread=params.n_threads,
         )
 
-    async def load(self, name: str, options: LoadOptions) -> None:
+    def _params(self, name: str, options: LoadOptions) -> LoadParams:
         desc = self._describe(name)
         params = LoadParams.resolve(
             options, desc, n_ctx=self._n_ctx, n_gpu_layers=self._n_gpu_layers
         )
+        slots = self._num_parallel
+        if slots is None:
+            gpu = params.n_gpu_layers != 0 and gpu_offload_supported()
+            slots = auto_slots(desc, params.n_ctx, free_bytes=self._free_memory(gpu), on_gpu=gpu)
+        return LoadParams.resolve(
+            options, desc, n_ctx=self._n_ctx, n_gpu_layers=self._n_gpu_layers, slots=slots
+        )
+
+    async def load(self, name: str, options: LoadOptions) -> None:
         async with self._locks.setdefault(name, asyncio.Lock()):
             current = self._loaded.get(name)
-            if current is not None and current.resident.params == params:
+            if current is not None and _same_load(current.params, options, self, name):
                 return
+            params = self._params(name, options)
+            desc = self._describe(name)
             started = time.perf_counter()
             try:
                 model = await asyncio.to_thread(_Model, desc, params)
-            except (ValueError, RuntimeError, OSError) as exc:
+            except (ValueError, RuntimeError, OSError, EngineFailure) as exc:
                 raise EngineFailure(f"failed to load model '{name}': {exc}") from exc
             self._loaded[name] = model
             if current is not None:
-                current.resident.retire()
+                current.scheduler.retire()
             log.info(
                 "model_loaded",
                 model=name,
-                n_ctx=model.resident.llm.n_ctx(),
+                n_ctx=params.n_ctx,
+                slots=params.slots,
                 seconds=round(time.perf_counter() - started, 2),
             )
 
     async def unload(self, name: str, *, cancel: bool = False) -> None:
-        """Free the model once the jobs already queued on it have run (or are cancelled)."""
+        """Free the model once the work submitted to it has run (or is cancelled)."""
         async with self._locks.setdefault(name, asyncio.Lock()):
             model = self._loaded.pop(name, None)
             if model is not None:
-                model.resident.retire(cancel=cancel)
-                await asyncio.to_thread(model.resident.wait_closed)
+                model.scheduler.retire(cancel=cancel)
+                await asyncio.to_thread(model.scheduler.wait_closed)
                 log.info("model_unloaded", model=name)
 
     def _describe(self, name: str) -> Description:
@@ -161,61 +175,65 @@ class LlamaEngine:
 
     async def generate(self, job: GenerateJob) -> AsyncIterator[EngineOutput]:
         model = await self._model(job)
-        handoff = _Handoff(loop=asyncio.get_running_loop())
-        resident, vocab = model.resident, model.vocab
-
-        def run() -> None:
-            finished = False
-            try:
-                if not handoff.cancel.is_set():
-                    outputs = generate(resident.llm, resident.desc, vocab, job, handoff.cancel)
-                    for item in outputs:
-                        finished = isinstance(item, Finish)
-                        if not handoff.send(item):
-                            break
-            except HerdError as exc:
-                finished = True
-                handoff.send(exc)
-            except Exception as exc:  # a llama.cpp failure must end the job, not the thread
-                log.exception("generation_failed")
-                finished = True
-                handoff.send(EngineFailure(f"generation failed: {exc}"))
-            if not finished:  # cancelled: by its reader (who is gone) or by unloading
-                handoff.post(Unavailable("the model was unloaded before the answer finished"))
-            handoff.post(_DONE)
-
-        resident.cancels.add(handoff.cancel)
-        resident.submit(run)
+        seq = await asyncio.to_thread(Sequence, model.runtime, model.vocab, job)
+        out = Outbox(loop=asyncio.get_running_loop())
+        scheduler = model.scheduler
+        scheduler.generate(seq, out)
+        held: object = None
         try:
-            while (item := await handoff.out.get()) is not _DONE:
-                handoff.space.release()
+            while True:
+                item, held = (held, None) if held is not None else (await out.items.get(), None)
+                if item is DONE:
+                    return
+                out.space.release()
+                scheduler.resume()
                 if isinstance(item, BaseException):
                     raise item
                 assert isinstance(item, Piece | Finish)
+                # pieces that are ready together go out as one: one event, not many
+                while isinstance(item, Piece) and not out.items.empty():
+                    nxt = out.items.get_nowait()
+                    if not isinstance(nxt, Piece):
+                        held = nxt
+                        break
+                    out.space.release()
+                    item = _join(item, nxt)
                 yield item
         finally:
-            handoff.cancel.set()
-            resident.cancels.discard(handoff.cancel)
+            out.cancel.set()
 
     async def embed(self, job: GenerateJob) -> Embeddings:
         model = await self._model(job)
-        resident = model.resident
         future: concurrent.futures.Future[Embeddings] = concurrent.futures.Future()
-        pooled = resident.desc.embedding_only
-        trained = resident.desc.trained_context
+        out = Outbox(loop=asyncio.get_running_loop())
 
-        def run() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(
-                    embed(resident.llm, model.vocab, job, pooled=pooled, trained=trained)
-                )
-            except HerdError as exc:
-                future.set_exception(exc)
-            except Exception as exc:
-                log.exception("embedding_failed")
-                future.set_exception(EngineFailure(f"embedding failed: {exc}"))
+        def run(runtime: Runtime, seq: int) -> None:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(embed(runtime, seq, model.vocab, job))
+                except BaseException as exc:
+                    future.set_exception(exc)
+                    raise
 
-        resident.submit(run)
-        return await asyncio.wrap_future(future)
+        model.scheduler.run_alone(run, out)
+        try:
+            return await asyncio.wrap_future(future)
+        except HerdError:
+            raise
+        except RuntimeError as exc:
+            raise EngineFailure(f"llama.cpp failed to embed the input: {exc}") from exc
+        finally:
+            out.cancel.set()
+
+
+def _join(a: Piece, b: Piece) -> Piece:
+    logprobs = [*(a.logprobs or []), *(b.logprobs or [])]
+    return Piece(a.text + b.text, logprobs or None)
+
+
+def _same_load(params: LoadParams, options: LoadOptions, engine: LlamaEngine, name: str) -> bool:
+    """Whether ``options`` ask for what is loaded (the slots are the engine's own choice)."""
+    wanted = LoadParams.resolve(
+        options, engine._describe(name), n_ctx=engine._n_ctx, n_gpu_layers=engine._n_gpu_layers
+    )
+    return dataclasses.replace(wanted, slots=params.slots) == params

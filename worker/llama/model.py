@@ -1,26 +1,28 @@
-"""One loaded model: a ``llama_cpp.Llama`` and the thread that owns it.
+"""One loaded model: llama.cpp's model and context, sized for its slots.
 
-A ``Llama`` object is not thread-safe, so each loaded model runs its jobs one after
-another on a thread of its own (llama.cpp's KV prefix reuse makes a conversation's next
-turn cheap). Work reaches the thread through an inbox of callables; retiring a model lets
-the queued work finish first, then frees it on that same thread.
+The context holds ``slots`` sequences (``n_seq_max``), each with a KV stream of its own
+of ``n_ctx`` cells (``kv_unified`` off, as Ollama's ``num_parallel``): a sequence's
+attention never sees another's cells, so a request's answer does not depend on what else
+runs in the batch. An embedding model (BERT-like: its GGUF has a pooling type) gets one
+slot, embeddings on, and a batch as large as its context (it reads an input in one go).
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import queue
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import llama_cpp
-import structlog
+from llama_cpp import _internals, _logger
 
-from shared.messages import LoadedModel, LoadOptions
+from shared.errors import EngineFailure
+from shared.messages import LoadOptions
 from worker.modelinfo import Description
 
-log = structlog.get_logger()
+#: Slots chosen by ``auto``: at most this many on a CPU, and on a GPU.
+AUTO_SLOTS_CPU = 4
+AUTO_SLOTS_GPU = 16
 
 
 @dataclass(frozen=True)
@@ -33,10 +35,18 @@ class LoadParams:
     main_gpu: int
     use_mmap: bool
     n_threads: int
+    #: Sequences decoded together (each with ``n_ctx`` cells of its own).
+    slots: int = 1
 
     @classmethod
     def resolve(
-        cls, options: LoadOptions, desc: Description, *, n_ctx: int, n_gpu_layers: int
+        cls,
+        options: LoadOptions,
+        desc: Description,
+        *,
+        n_ctx: int,
+        n_gpu_layers: int,
+        slots: int = 1,
     ) -> LoadParams:
         """Ollama's rules: num_ctx capped at the trained context, num_gpu -1 = the default."""
         ctx = options.num_ctx if options.num_ctx and options.num_ctx > 0 else n_ctx
@@ -50,84 +60,123 @@ class LoadParams:
             main_gpu=options.main_gpu or 0,
             use_mmap=True if options.use_mmap is None else options.use_mmap,
             n_threads=options.num_thread or os.cpu_count() or 1,
+            slots=1 if desc.embedding_only else max(1, slots),
         )
 
 
-def open_llama(desc: Description, params: LoadParams) -> llama_cpp.Llama:
-    gpu = params.n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
-    # an embedding model (BERT-like) reads a whole input in one batch
-    batch = max(params.n_batch, params.n_ctx) if desc.embedding_only else params.n_batch
-    return llama_cpp.Llama(
-        model_path=str(desc.spec.path),
-        n_ctx=params.n_ctx,
-        n_batch=batch,
-        n_ubatch=batch,
-        n_gpu_layers=params.n_gpu_layers,
-        main_gpu=params.main_gpu,
-        use_mmap=params.use_mmap,
-        n_threads=params.n_threads,
-        n_threads_batch=params.n_threads,
-        flash_attn=gpu,
-        embedding=desc.embedding_only,
-        verbose=False,
-    )
+def auto_slots(desc: Description, n_ctx: int, *, free_bytes: int, on_gpu: bool) -> int:
+    """How many sequences fit: the device's free memory (less the weights, when they go
+    there too) over one slot's KV cache, at most ``AUTO_SLOTS_*``; never below one."""
+    cap = AUTO_SLOTS_GPU if on_gpu else AUTO_SLOTS_CPU
+    per_slot = max(1, desc.kv_bytes(n_ctx))
+    room = int(free_bytes * 0.9) - desc.advert.size_bytes
+    return max(1, min(cap, room // per_slot))
 
 
-class Resident:
-    """A loaded instance: the ``Llama``, its owner thread and its inbox."""
+@functools.cache
+def _init_backend() -> None:
+    """Once per process, as ``llama_cpp.Llama`` does; llama.cpp's log goes quiet."""
+    _logger.set_verbose(False)
+    llama_cpp.llama_backend_init()
+
+
+def gpu_offload_supported() -> bool:
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+class Runtime:
+    """llama.cpp's model and context for one loaded model; used by one thread only."""
 
     def __init__(self, desc: Description, params: LoadParams) -> None:
+        _init_backend()
         self.desc, self.params = desc, params
-        self.llm = open_llama(desc, params)
-        self.on_gpu = params.n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
-        #: Jobs queued or running on this instance.
-        self.busy = 0
-        self._lock = threading.Lock()
-        self._inbox: queue.Queue[Callable[[], None] | None] = queue.Queue()
-        self._closed = threading.Event()
-        #: Cancel flags of the generations queued or running here.
-        self.cancels: set[threading.Event] = set()
-        self._thread = threading.Thread(
-            target=self._run, name=f"llama:{desc.spec.name}", daemon=True
+        self.on_gpu = params.n_gpu_layers != 0 and gpu_offload_supported()
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = 0x7FFFFFFF if params.n_gpu_layers < 0 else params.n_gpu_layers
+        model_params.main_gpu = params.main_gpu
+        model_params.use_mmap = params.use_mmap
+        self.model = _internals.LlamaModel(
+            path_model=str(desc.spec.path), params=model_params, verbose=False
         )
-        self._thread.start()
-
-    def status(self) -> LoadedModel:
-        size = self.desc.advert.size_bytes + self.desc.kv_bytes(self.llm.n_ctx())
-        return LoadedModel(
-            name=self.desc.spec.name,
-            size_bytes=size,
-            size_vram=size if self.on_gpu else 0,
-            context_length=self.llm.n_ctx(),
-            expires_at="",  # the residency policy knows when, not the engine
-            busy=self.busy,
-        )
-
-    def submit(self, work: Callable[[], None]) -> None:
-        with self._lock:
-            self.busy += 1
-        self._inbox.put(work)
-
-    def retire(self, *, cancel: bool = False) -> None:
-        """Free the model once the work queued so far has run (``cancel``: stopped)."""
-        if cancel:
-            for flag in list(self.cancels):
-                flag.set()
-        self._inbox.put(None)
-
-    def wait_closed(self, timeout: float | None = None) -> bool:
-        return self._closed.wait(timeout)
-
-    def _run(self) -> None:
         try:
-            while (work := self._inbox.get()) is not None:
-                try:
-                    work()
-                except Exception:  # a work item reports its own errors; never end the thread
-                    log.exception("llama_work_failed", model=self.desc.spec.name)
-                finally:
-                    with self._lock:
-                        self.busy -= 1
-        finally:
-            self.llm.close()
-            self._closed.set()
+            self.slots = params.slots
+            self.n_ctx = params.n_ctx  # per slot
+            pooled = desc.embedding_only
+            # an embedding model (BERT-like) reads a whole input in one batch
+            self.n_batch = max(params.n_batch, params.n_ctx) if pooled else params.n_batch
+            ctx_params = llama_cpp.llama_context_default_params()
+            ctx_params.n_ctx = params.n_ctx * self.slots
+            ctx_params.n_batch = self.n_batch
+            ctx_params.n_ubatch = self.n_batch
+            ctx_params.n_seq_max = self.slots
+            ctx_params.kv_unified = False
+            ctx_params.n_threads = params.n_threads
+            ctx_params.n_threads_batch = params.n_threads
+            ctx_params.embeddings = pooled
+            ctx_params.flash_attn_type = (
+                llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+                if self.on_gpu
+                else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
+            self.context = _internals.LlamaContext(
+                model=self.model, params=ctx_params, verbose=False
+            )
+        except Exception:
+            self.model.close()  # type: ignore[no-untyped-call]
+            raise
+        self.ctx = self.context.ctx
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.vocab = self.model.vocab
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self.n_embd = int(self.model.n_embd())
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        if not self.batch.token:
+            raise EngineFailure("llama.cpp could not allocate a batch")
+
+    def close(self) -> None:
+        if self.batch is not None:
+            llama_cpp.llama_batch_free(self.batch)
+            self.batch = None
+        self.context.close()  # type: ignore[no-untyped-call]
+        self.model.close()  # type: ignore[no-untyped-call]
+
+    # -- the KV cache of one sequence ---------------------------------------------------
+
+    def forget(self, seq: int, start: int = 0, end: int = -1) -> bool:
+        """Drop positions [start, end) of sequence ``seq`` (end -1: to the end)."""
+        if not self.memory:  # an encoder (BERT) keeps no cache
+            return True
+        return bool(llama_cpp.llama_memory_seq_rm(self.memory, seq, start, end))
+
+    def shift(self, seq: int, start: int, end: int, delta: int) -> None:
+        llama_cpp.llama_memory_seq_add(self.memory, seq, start, end, delta)
+
+    def can_shift(self) -> bool:
+        return bool(self.memory) and bool(llama_cpp.llama_memory_can_shift(self.memory))
+
+    def last_position(self, seq: int) -> int:
+        """The highest position sequence ``seq`` holds in the KV cache; -1 when empty."""
+        if not self.memory:
+            return -1
+        return int(llama_cpp.llama_memory_seq_pos_max(self.memory, seq))
+
+    # -- the one batch ----------------------------------------------------------------
+
+    def clear_batch(self) -> None:
+        self.batch.n_tokens = 0
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        """Append one token to the batch; returns its row (where its logits will be)."""
+        batch, row = self.batch, int(self.batch.n_tokens)
+        batch.token[row] = token
+        batch.pos[row] = pos
+        batch.n_seq_id[row] = 1
+        batch.seq_id[row][0] = seq
+        batch.logits[row] = logits
+        batch.n_tokens = row + 1
+        return row
+
+    def decode(self) -> None:
+        code = int(llama_cpp.llama_decode(self.ctx, self.batch))
+        if code != 0:
+            raise EngineFailure(f"llama.cpp failed to decode (llama_decode returned {code})")

@@ -12,6 +12,7 @@ import ctypes
 from dataclasses import dataclass
 
 import llama_cpp
+from llama_cpp import _internals
 
 from shared.errors import InvalidRequest
 from shared.messages import ChatMessage, GenerateJob
@@ -32,14 +33,14 @@ class Prompt:
 class Vocab:
     """Tokenizing and token pieces of one loaded model."""
 
-    def __init__(self, llm: llama_cpp.Llama) -> None:
-        self._llm = llm
-        self._vocab = llm._model.vocab
+    def __init__(self, model: _internals.LlamaModel) -> None:
+        self._model = model
+        self._vocab = model.vocab
         self._pieces: dict[tuple[int, bool], bytes] = {}
 
     def tokenize(self, text: str, *, bos: bool) -> list[int]:
         # special=True: templates write control tokens (<start_of_turn>) as text
-        return list(self._llm.tokenize(text.encode(), add_bos=bos, special=True))
+        return list(self._model.tokenize(text.encode(), add_bos=bos, special=True))
 
     def piece(self, token: int, special: bool = False) -> bytes:
         """The token's bytes (``special``: control tokens as their text, else empty)."""

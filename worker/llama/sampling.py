@@ -17,6 +17,7 @@ import numpy as np
 
 from shared.errors import EngineFailure
 from shared.messages import Logprob, SamplingOptions, TopLogprob
+from worker.llama.model import Runtime
 
 #: Ollama's ``api.DefaultOptions`` for the runtime options.
 DEFAULTS = SamplingOptions(
@@ -63,18 +64,18 @@ class Sampler:
 
     def __init__(
         self,
-        llm: llama_cpp.Llama,
+        runtime: Runtime,
         opts: SamplingOptions,
         *,
         grammar: str | None,
         history: Sequence[int],
     ) -> None:
-        self._ctx, self._n_vocab = llm.ctx, llm.n_vocab()
-        self._chain = _chain(llm, opts, history)
+        self._ctx, self._n_vocab = runtime.ctx, runtime.n_vocab
+        self._chain = _chain(runtime, opts, history)
         self._grammar = None
         if grammar is not None:
             self._grammar = llama_cpp.llama_sampler_init_grammar(
-                llm._model.vocab, grammar.encode(), b"root"
+                runtime.vocab, grammar.encode(), b"root"
             )
             if not self._grammar:
                 self.close()
@@ -86,11 +87,12 @@ class Sampler:
             greedy = opts.temperature is not None and opts.temperature <= 0
             self._need = 1 if greedy or not opts.top_k or opts.top_k <= 0 else opts.top_k
 
-    def sample(self) -> int:
+    def sample(self, row: int) -> int:
+        """The next token from the logits of batch row ``row``."""
         if self._grammar is None:
-            return int(llama_cpp.llama_sampler_sample(self._chain, self._ctx, -1))
+            return int(llama_cpp.llama_sampler_sample(self._chain, self._ctx, row))
         logits = np.ctypeslib.as_array(
-            llama_cpp.llama_get_logits_ith(self._ctx, -1), shape=(self._n_vocab,)
+            llama_cpp.llama_get_logits_ith(self._ctx, row), shape=(self._n_vocab,)
         )
         token = self._draw(self._fill(logits, self._ids))
         if not self._allowed(token):
@@ -145,17 +147,17 @@ class Sampler:
             self._grammar = None
 
 
-def _chain(llm: llama_cpp.Llama, opts: SamplingOptions, history: Sequence[int]) -> Any:
+def _chain(runtime: Runtime, opts: SamplingOptions, history: Sequence[int]) -> Any:
     """Penalties, then truncation (top_k, typical, top_p, min_p), temperature, a seeded draw;
     llama.cpp's order. Temperature 0 is greedy."""
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     add = llama_cpp.llama_sampler_chain_add
     repeat = opts.repeat_penalty or 1.0
     presence, frequency = opts.presence_penalty or 0.0, opts.frequency_penalty or 0.0
-    last_n = llm.n_ctx() if opts.repeat_last_n == -1 else max(0, opts.repeat_last_n or 0)
+    last_n = runtime.n_ctx if opts.repeat_last_n == -1 else max(0, opts.repeat_last_n or 0)
     if last_n and (repeat != 1.0 or presence or frequency):
         penalties = llama_cpp.llama_sampler_init_penalties(
-            llm.n_vocab(), last_n, repeat, frequency, presence
+            runtime.n_vocab, last_n, repeat, frequency, presence
         )
         for token in history[-last_n:]:
             llama_cpp.llama_sampler_accept(penalties, token)
@@ -181,11 +183,14 @@ def _chain(llm: llama_cpp.Llama, opts: SamplingOptions, history: Sequence[int]) 
     return chain
 
 
-def logprob(llm: llama_cpp.Llama, token: int, top: int, piece: Callable[[int], bytes]) -> Logprob:
+def logprob(
+    runtime: Runtime, row: int, token: int, top: int, piece: Callable[[int], bytes]
+) -> Logprob:
     """The chosen token's log-probability and the ``top`` likeliest alternatives, from
-    the model's distribution (log-softmax of the raw logits, before any sampler)."""
-    pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
-    logits = np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),)).astype(np.float64)
+    the model's distribution at batch row ``row`` (log-softmax of the raw logits, before
+    any sampler)."""
+    pointer = llama_cpp.llama_get_logits_ith(runtime.ctx, row)
+    logits = np.ctypeslib.as_array(pointer, shape=(runtime.n_vocab,)).astype(np.float64)
     peak = logits.max()
     log_total = peak + np.log(np.exp(logits - peak).sum())
     alternatives: list[TopLogprob] | None = None
