@@ -7,12 +7,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors, http
-from api.catalog import Catalog
-from api.dispatch import Dispatcher
+from api import http
+from api.aliases import Aliases
+from api.dispatch import Dispatcher, TokenRouter
 from api.registry import Registry
-from api.router import TokenRouter
-from api.routes import catalog, embed, health, inference, models, openai, ps, show
+from api.responses import install_error_handlers
+from api.routes import health, inference, models, openai
 from api.state import AppState
 from shared.redis import connect
 from shared.settings import Settings
@@ -38,7 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
                 max_queue=settings.max_queue,
                 check_interval_s=settings.heartbeat_interval_s,
             ),
-            catalog=Catalog(client, registry),
+            aliases=Aliases(client, registry),
         )
         try:
             yield
@@ -54,8 +54,8 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    errors.install(app)
+    install_error_handlers(app)
     http.install(app, settings)
-    for module in (health, models, show, ps, catalog, inference, embed, openai):
+    for module in (health, models, inference, openai):
         app.include_router(module.router)
     return app

@@ -1,4 +1,7 @@
-"""Sending a job to the workers and relaying its chunk events back, in order.
+"""Step 2 of a request: sending its job to the workers and relaying the job's events back.
+
+``TokenRouter`` is the process's one pub/sub subscriber: every request's token channel is
+read on one connection and handed to that request's queue.
 
 ``Dispatcher.submit`` subscribes to the request's token channel *before* it XADDs the job
 (pub/sub does not buffer), and on exit unsubscribes and, unless the job finished, marks it
@@ -14,20 +17,24 @@ before its deadline gets 503. Every request ends: done, one error, or an HTTP er
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
 
 from api.registry import Registry
-from api.router import TokenRouter
 from shared import keys
 from shared.errors import (
     QUEUE_FULL,
     WORKER_LOST,
+    HerdError,
     QueueTimeout,
     Unavailable,
     from_type,
@@ -42,6 +49,100 @@ from shared.messages import (
 )
 
 log = structlog.get_logger()
+
+#: Chunks a slow client may fall behind by before its stream is failed (bounded memory).
+QUEUE_LIMIT = 4096
+
+
+class SlowConsumer(Exception):
+    """A request's queue overflowed: its client reads slower than the model writes."""
+
+
+class TokenRouter:
+    """One pub/sub connection per API process, routing chunk events to per-request queues.
+
+    redis-py holds a connection per ``PubSub`` (and a pool stops at a limit), so requests
+    never get their own: they register a queue here, and one reader task hands each
+    message to the queue of its channel. A permanent control channel keeps the connection
+    subscribed, so a request's SUBSCRIBE is only a write and never races the reader.
+    """
+
+    def __init__(self, client: Redis) -> None:
+        self._client = client
+        self._pubsub: PubSub | None = None
+        self._queues: dict[bytes, asyncio.Queue[bytes | BaseException]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._control = keys.token_channel(f"router-{uuid.uuid4().hex}")
+        # redis-py's PubSub opens its connection lazily; two first SUBSCRIBEs at once would
+        # open two, and messages for one of them would never be read
+        self._subscribing = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Start routing; Redis need not be up yet (the API starts and reports unready)."""
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        self._reader = asyncio.create_task(self._read(), name="token-router")
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._pubsub is not None:
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def subscribe(self, channel: str) -> asyncio.Queue[bytes | BaseException]:
+        """Register a queue and SUBSCRIBE; returns once Redis has the subscription."""
+        assert self._pubsub is not None, "router not started"
+        queue: asyncio.Queue[bytes | BaseException] = asyncio.Queue(QUEUE_LIMIT)
+        self._queues[channel.encode()] = queue
+        async with self._subscribing:
+            await self._pubsub.subscribe(channel)
+        return queue
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._queues.pop(channel.encode(), None)
+        if self._pubsub is not None:
+            await self._pubsub.unsubscribe(channel)
+
+    async def _read(self) -> None:
+        assert self._pubsub is not None
+        while True:
+            try:
+                if not self._pubsub.subscribed:
+                    async with self._subscribing:
+                        await self._pubsub.subscribe(self._control)
+                message = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=1.0
+                )
+            except (RedisError, OSError) as exc:
+                # chunks published while we are disconnected are lost; every waiting request
+                # would see a sequence gap later, so fail them now instead
+                log.warning("token_router_disconnected", error=str(exc))
+                self._fail_all(exc)
+                await asyncio.sleep(0.5)
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            queue = self._queues.get(message["channel"])
+            if queue is None:
+                continue
+            try:
+                queue.put_nowait(message["data"])
+            except asyncio.QueueFull:
+                self._queues.pop(message["channel"], None)
+                _replace_with_error(queue, SlowConsumer("client reads too slowly"))
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for queue in self._queues.values():
+            _replace_with_error(queue, exc)
+        self._queues.clear()
+
+
+def _replace_with_error(queue: asyncio.Queue[bytes | BaseException], exc: BaseException) -> None:
+    while not queue.empty():
+        queue.get_nowait()
+    queue.put_nowait(exc)
+
 
 #: What a 503 for a full queue tells clients (``Retry-After``): a slot frees within seconds.
 QUEUE_FULL_RETRY_AFTER_S = 1
@@ -154,3 +255,35 @@ class _Relay:
             self._worker = None  # another worker reclaims the job; wait for its attempt
         elif time.time() * 1000 > self._job.deadline_ms:
             raise QueueTimeout("timed out waiting for a worker")
+
+
+def stamp(job: GenerateJob, queue_timeout_s: float) -> GenerateJob:
+    """A fresh run of a checked job: its own request id, enqueue time and deadline."""
+    now_ms = int(time.time() * 1000)
+    ready = job.model_copy(
+        update={
+            "request_id": uuid.uuid4().hex,
+            "enqueued_at_ms": now_ms,
+            "deadline_ms": now_ms + int(queue_timeout_s * 1000),
+        }
+    )
+    structlog.contextvars.bind_contextvars(request_id=ready.request_id, model=ready.model)
+    return ready
+
+
+def load_time(started_ns: int, event: StartedEvent) -> int:
+    """Queue wait plus model load: what the API waited, or what the worker measured."""
+    return max(time.perf_counter_ns() - started_ns, event.load_ns)
+
+
+async def run_once(dispatcher: Dispatcher, job: GenerateJob) -> tuple[DoneEvent, int]:
+    """Run a job that answers with its done event alone (load, embed); returns it and the
+    load time."""
+    started, load_ns = time.perf_counter_ns(), 0
+    async with dispatcher.submit(job) as events:
+        async for event in events:
+            if isinstance(event, StartedEvent):
+                load_ns = load_time(started, event)
+            elif isinstance(event, DoneEvent):
+                return event, load_ns
+    raise HerdError("the model produced no response")  # the relay ends with done or raises

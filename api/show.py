@@ -12,25 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, StrictBool
 from redis.asyncio import Redis
 
-from api import gofmt, ollama
+from api import gofmt, responses
+from api.requests import ShowRequest
 from shared import keys
 from shared.messages import ModelAdvert
 
 #: A client that reads ``general.basename`` for the model's name (Ollama echoes the request).
 COPILOT_PREFIX = "GitHubCopilotChat/"
-
-
-class ShowRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    model: str = ""
-    name: str = ""  # deprecated spelling of ``model``
-    verbose: StrictBool | None = None
-    system: str | None = None
-    options: dict[str, Any] | None = None
 
 
 def _values(value: object) -> list[Any]:
@@ -109,7 +99,7 @@ async def show(
         response["template"] = advert.template
     if system:
         response["system"] = system
-    response["details"] = ollama.details(advert)
+    response["details"] = responses.details(advert)
     info = await model_info(client, advert, verbose=bool(body.verbose))
     if user_agent.startswith(COPILOT_PREFIX):
         info["general.basename"] = body.model or body.name

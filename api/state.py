@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 
+from api.aliases import Aliases
 from api.dispatch import Dispatcher
 from api.registry import Registry
 from shared.settings import Settings
-
-if TYPE_CHECKING:  # api.catalog depends on this module
-    from api.catalog import Catalog
 
 
 @dataclass(frozen=True)
@@ -23,7 +21,7 @@ class AppState:
     registry: Registry
     dispatcher: Dispatcher
     #: Names clients see (aliases, deletions), cached like the registry's adverts.
-    catalog: Catalog
+    aliases: Aliases
 
 
 def get_state(request: Request) -> AppState:
@@ -32,3 +30,10 @@ def get_state(request: Request) -> AppState:
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_aliases(state: StateDep) -> Aliases:
+    return state.aliases
+
+
+AliasesDep = Annotated[Aliases, Depends(get_aliases)]

@@ -1,2 +1,3 @@
 """The OpenAI-compatible layer (``/v1``): OpenAI requests become native Ollama requests,
-run through the same call builders, and their native answers become OpenAI objects."""
+run through the same pipeline as ``/api`` (``api.requests`` checks them, ``api.responses``
+renders the native answers), and those answers become OpenAI objects."""

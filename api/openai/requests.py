@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 
-from api.body import parse_body
+from api import requests
 from shared.errors import InvalidRequest
 
 M = TypeVar("M", bound=BaseModel)
@@ -116,6 +116,7 @@ class EmbeddingRequest(_Body):
 
 async def parse(request: Request, model: type[M]) -> M:
     """The body bound to ``model``; an empty body is Go's ``EOF``, the rest as natively."""
-    if not (await request.body()).strip():
+    raw = await request.body()
+    if not raw.strip():
         raise InvalidRequest("EOF")
-    return await parse_body(request, model)
+    return requests.parse(raw, model)

@@ -1,4 +1,5 @@
-"""Native Ollama objects → OpenAI response objects (``openai.ToChatCompletion`` and friends).
+"""Native Ollama objects → OpenAI response objects (``openai.ToChatCompletion`` and friends),
+and OpenAI's error shape for everything under ``/v1`` (Ollama's ``openai.NewError``).
 
 The inputs are exactly what ``/api/chat``, ``/api/generate``, ``/api/embed`` and
 ``/api/tags`` send; the streaming translators keep the little state a stream needs (the
@@ -15,8 +16,30 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from fastapi.responses import JSONResponse
+
+from shared.errors import HerdError
 
 FINGERPRINT = "fp_ollama"
+
+_ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": message,
+            "type": _ERROR_TYPES.get(status, "api_error"),
+            "param": None,
+            "code": None,
+        }
+    }
+
+
+def error_response(exc: HerdError) -> JSONResponse:
+    return JSONResponse(
+        error_body(exc.status, exc.message), status_code=exc.status, headers=exc.headers
+    )
 
 
 def new_id(prefix: str) -> str:

@@ -16,8 +16,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from api.openai.errors import error_body
-from api.streaming import unless_disconnected
+from api.openai.responses import error_body
+from api.responses import unless_disconnected
 from shared.errors import HerdError
 
 DONE = b"data: [DONE]\n\n"

@@ -2,7 +2,7 @@
 
 The result is a plain dict shaped like an ``/api/chat``, ``/api/generate`` or
 ``/api/embed`` body; the routes validate it with the native models and run it through the
-native call builders, so /v1 and /api cannot drift apart.
+native checks (``api.requests``), so /v1 and /api cannot drift apart.
 """
 
 from __future__ import annotations

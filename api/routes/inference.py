@@ -1,48 +1,73 @@
-"""POST /api/generate and /api/chat."""
+"""POST /api/generate, /api/chat, /api/embed and the legacy /api/embeddings.
+
+Each reads as the pipeline: ``requests`` (decode, look the model up, check), then a job
+for ``dispatch`` whose events ``responses`` renders, or a load/unload (``control``).
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from api import ollama
-from api.body import parse_body
-from api.calls import chat_call, generate_call
-from api.inference import Call, respond
+from api import control, requests, responses
+from api.requests import Call, EmbedCall, Load, Unload
+from api.responses import unless_disconnected
 from api.state import AppState, StateDep
-from api.streaming import unless_disconnected
-
-__all__ = ["chat_call", "generate_call", "router"]
 
 router = APIRouter()
 
 
 async def _answer(
-    request: Request, state: AppState, call: Call | dict[str, Any], *, stream: bool
+    request: Request, state: AppState, action: Call | Load | Unload, *, stream: bool
 ) -> Response:
-    if isinstance(call, dict):
-        # load and unload answer one object, even when streaming (as Ollama does)
-        return JSONResponse(call)
-    return await respond(
-        request,
-        state.dispatcher,
-        call,
-        stream=stream,
-        queue_timeout_s=state.settings.queue_timeout_s,
-    )
+    if isinstance(action, Call):
+        return await responses.respond(
+            request,
+            state.dispatcher,
+            action,
+            stream=stream,
+            queue_timeout_s=state.settings.queue_timeout_s,
+        )
+    # load and unload answer one object, even when streaming (as Ollama does)
+    await unless_disconnected(request, control.run(state, action))
+    return JSONResponse(responses.control_answer(action))
 
 
 @router.post("/api/generate")
 async def generate(request: Request, state: StateDep) -> Response:
-    body = await parse_body(request, ollama.GenerateRequest)
-    call = await unless_disconnected(request, generate_call(state, body))
-    return await _answer(request, state, call, stream=body.streaming)
+    body = requests.parse(await request.body(), requests.GenerateRequest)
+    advert = await unless_disconnected(request, state.aliases.lookup(body.model))
+    action = requests.generate_call(body, advert)
+    return await _answer(request, state, action, stream=body.streaming)
 
 
 @router.post("/api/chat")
 async def chat(request: Request, state: StateDep) -> Response:
-    body = await parse_body(request, ollama.ChatRequest)
-    call = await unless_disconnected(request, chat_call(state, body))
-    return await _answer(request, state, call, stream=body.streaming)
+    body = requests.parse(await request.body(), requests.ChatRequest)
+    advert = await unless_disconnected(request, state.aliases.lookup(body.model))
+    action = requests.chat_call(body, advert)
+    return await _answer(request, state, action, stream=body.streaming)
+
+
+async def _embedded(request: Request, state: AppState, action: EmbedCall | Load) -> Response:
+    if isinstance(action, Load):
+        await unless_disconnected(request, control.run(state, action))
+        return JSONResponse(responses.control_answer(action))
+    answer = responses.embed(
+        state.dispatcher, action, queue_timeout_s=state.settings.queue_timeout_s
+    )
+    return JSONResponse(await unless_disconnected(request, answer))
+
+
+@router.post("/api/embed")
+async def embed(request: Request, state: StateDep) -> Response:
+    body = requests.parse(await request.body(), requests.EmbedRequest)
+    advert = await unless_disconnected(request, state.aliases.lookup(body.model))
+    return await _embedded(request, state, requests.embed_call(body, advert))
+
+
+@router.post("/api/embeddings")
+async def embeddings(request: Request, state: StateDep) -> Response:
+    body = requests.parse(await request.body(), requests.EmbeddingRequest)
+    advert = await unless_disconnected(request, state.aliases.lookup(body.model))
+    return await _embedded(request, state, requests.embeddings_call(body, advert))

@@ -1,36 +1,89 @@
-"""GET /api/tags: every model a client can name, cluster-wide, through the catalog."""
+"""The model routes: GET /api/tags and /api/ps, POST /api/show, /api/copy and DELETE
+/api/delete. Names resolve through ``api.aliases``; model files are never deleted."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 
-from api import ollama
-from api.catalog import Entry, get_catalog
-from api.state import StateDep
+from api import gofmt, requests, responses
+from api.show import show
+from api.state import AliasesDep, StateDep
+from shared import names
+from shared.errors import MODEL_REQUIRED, InvalidRequest, ModelNotFound
 
 router = APIRouter()
 
 
-def _tag(entry: Entry) -> dict[str, Any]:
-    advert = entry.advert
-    body: dict[str, Any] = {
-        "name": entry.name,
-        "model": entry.name,
-        "modified_at": advert.modified_at,
-        "size": advert.size_bytes,
-        "digest": advert.digest,
-        "details": ollama.details(advert, lengths=True),
-    }
-    if advert.capabilities:
-        body["capabilities"] = list(advert.capabilities)
-    return body
-
-
 @router.api_route("/api/tags", methods=["GET", "HEAD"])
-async def tags(state: StateDep) -> dict[str, list[dict[str, Any]]]:
-    """Newest first (the /v1 model list reuses it)."""
-    entries = sorted(await get_catalog(state).entries(), key=lambda e: e.name)
-    entries.sort(key=lambda e: ollama.parse_time(e.advert.modified_at), reverse=True)
-    return {"models": [_tag(entry) for entry in entries]}
+async def tags(aliases: AliasesDep) -> dict[str, list[dict[str, Any]]]:
+    """Every model a client can name, cluster-wide, newest first."""
+    return responses.tags(await aliases.entries())
+
+
+@router.get("/api/ps")
+async def ps(state: StateDep) -> dict[str, list[dict[str, Any]]]:
+    """Every model loaded anywhere in the cluster, from the workers' adverts."""
+    models: list[dict[str, Any]] = []
+    for worker in await state.registry.workers(fresh=True):
+        adverts = {advert.name: advert for advert in worker.models}
+        for loaded in worker.loaded:
+            advert = adverts.get(loaded.name)
+            models.append(
+                {
+                    "name": loaded.name,
+                    "model": loaded.name,
+                    "size": loaded.size_bytes,
+                    "digest": advert.digest if advert else "",
+                    "details": responses.details(advert),
+                    "expires_at": loaded.expires_at,
+                    "size_vram": loaded.size_vram,
+                    "context_length": loaded.context_length,
+                }
+            )
+    # the model that stays longest first, as Ollama sorts
+    models.sort(key=lambda m: responses.parse_time(m["expires_at"]), reverse=True)
+    return {"models": models}
+
+
+@router.post("/api/show")
+async def show_route(request: Request, state: StateDep, aliases: AliasesDep) -> dict[str, Any]:
+    body = requests.parse(await request.body(), requests.ShowRequest)
+    model = body.model or body.name
+    if not model:
+        raise InvalidRequest(MODEL_REQUIRED)
+    name = names.normalize(model)
+    advert = await aliases.resolve(name)
+    if advert is None:
+        raise ModelNotFound.named(name)  # show names the normalised model
+    user_agent = request.headers.get("user-agent", "")
+    return await show(state.redis, name, advert, body, user_agent=user_agent)
+
+
+def _name(text: str, role: str) -> str:
+    try:
+        return names.normalize(text)
+    except InvalidRequest:
+        raise InvalidRequest(f"{role} {gofmt.quote(text)} is invalid") from None
+
+
+@router.post("/api/copy")
+async def copy(request: Request, aliases: AliasesDep) -> Response:
+    body = requests.parse(await request.body(), requests.CopyRequest)
+    source = _name(body.source, "source")
+    destination = _name(body.destination, "destination")
+    if not await aliases.copy(source, destination):
+        raise ModelNotFound(f"model {gofmt.quote(body.source)} not found")
+    return Response(status_code=200)  # Ollama answers with an empty body
+
+
+@router.delete("/api/delete")
+async def delete(request: Request, aliases: AliasesDep) -> Response:
+    body = requests.parse(await request.body(), requests.DeleteRequest)
+    model = body.model or body.name
+    if not model:
+        raise InvalidRequest(MODEL_REQUIRED)
+    if not await aliases.delete(_name(model, "name")):
+        raise ModelNotFound.named(model)
+    return Response(status_code=200)

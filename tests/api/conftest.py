@@ -11,10 +11,9 @@ import openai
 import pytest
 from redis.asyncio import Redis
 
-from api.catalog import Catalog
-from api.dispatch import Dispatcher
+from api.aliases import Aliases
+from api.dispatch import Dispatcher, TokenRouter
 from api.registry import Registry
-from api.router import TokenRouter
 from api.state import AppState
 from shared import keys
 from shared.messages import LoadedModel, ModelAdvert, WorkerAdvert
@@ -92,7 +91,7 @@ async def state(
         redis=redis,
         registry=registry,
         dispatcher=dispatcher,
-        catalog=Catalog(redis, registry),
+        aliases=Aliases(redis, registry),
     )
     await router.stop()
     await subscriber.aclose()

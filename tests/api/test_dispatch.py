@@ -10,9 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from api.dispatch import Dispatcher, Event
+from api.dispatch import QUEUE_LIMIT, Dispatcher, Event, TokenRouter
 from api.registry import Registry
-from api.router import QUEUE_LIMIT, TokenRouter
 from shared import keys
 from shared.errors import QUEUE_FULL, Unavailable
 from shared.messages import (
@@ -22,6 +21,7 @@ from shared.messages import (
     TokenEvent,
     encode_event,
 )
+from tests.polling import until
 
 MODEL = "m:latest"
 
@@ -109,16 +109,27 @@ async def test_a_sequence_gap_fails_the_stream(dispatcher: Dispatcher, redis: Re
 async def test_admission_never_exceeds_the_queue_limit(
     dispatcher: Dispatcher, redis: Redis
 ) -> None:
+    attempts = 20
+    decided: list[bool] = []
+    everyone_decided = asyncio.Event()
+
+    def decide(admitted: bool) -> None:
+        decided.append(admitted)
+        if len(decided) == attempts:
+            everyone_decided.set()
+
     async def submit() -> bool:
         try:
             async with dispatcher.submit(_job()):
-                await asyncio.sleep(0.2)  # hold the job queued while the others arrive
+                decide(True)
+                await everyone_decided.wait()  # hold the job queued while the others try
         except Unavailable as exc:
             assert exc.message == QUEUE_FULL
+            decide(False)
             return False
         return True
 
-    admitted = await asyncio.gather(*(submit() for _ in range(20)))
+    admitted = await asyncio.wait_for(asyncio.gather(*(submit() for _ in range(attempts))), 10)
     assert sum(admitted) == 3
     assert await redis.xlen(keys.job_stream(MODEL)) == 3
 
@@ -135,9 +146,7 @@ async def test_a_slow_reader_fails_instead_of_buffering_without_bound(
             for _ in range(QUEUE_LIMIT + 10):
                 pipe.publish("herd-test-slow", b"x")
             await pipe.execute()
-        deadline = time.monotonic() + 5
-        while queue.qsize() != 1 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await until(lambda: queue.qsize() == 1)
         item = queue.get_nowait()
         assert isinstance(item, BaseException) and "too slowly" in str(item)
     finally:

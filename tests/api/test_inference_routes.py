@@ -3,9 +3,7 @@ calls, logprobs, structured output, load and unload, and the capability errors."
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
 from typing import Any
 
 import httpx
@@ -13,6 +11,7 @@ import orjson
 import pytest
 
 from tests.conftest import ApiFactory, WorkerFactory
+from tests.polling import until
 from worker.fake_engine import REPLY, FakeEngine
 
 PLAIN = "registry.ollama.ai/library/plain:latest"
@@ -128,13 +127,6 @@ async def test_an_invalid_format_is_a_500(client: httpx.AsyncClient) -> None:
     }
 
 
-async def _wait(condition: Any, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 async def test_load_runs_on_a_worker_and_unload_reaches_it(
     api: ApiFactory, worker: WorkerFactory
 ) -> None:
@@ -160,7 +152,7 @@ async def test_load_runs_on_a_worker_and_unload_reaches_it(
     unload = await client.post("/api/chat", json={"model": "second", "keep_alive": 0})
     assert unload.json()["done_reason"] == "unload"
     assert unload.json()["message"] == {"role": "assistant", "content": ""}
-    await _wait(lambda: ("unload", "second:latest") in engine.history)
+    await until(lambda: ("unload", "second:latest") in engine.history)
 
 
 async def test_load_with_keep_alive_forever_shows_in_ps(

@@ -15,8 +15,11 @@ import openai
 import orjson
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
+from redis.asyncio import Redis
 
+from shared import keys
 from tests.conftest import ApiFactory, WorkerFactory
+from tests.polling import until
 from worker.fake_engine import FAIL_MARKER, REPLY
 
 MODEL = "gemma3:270m"
@@ -304,10 +307,11 @@ async def test_stream_disconnect_stops_the_worker(api: ApiFactory, worker: Worke
     async with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as r:
         lines = r.aiter_lines()
         assert (await anext(lines)).startswith("data: ")
-    left = time.monotonic()
-    while slow.active_jobs and time.monotonic() - left < 2:
-        await asyncio.sleep(0.02)
-    assert slow.active_jobs == 0, "the worker still generates for a client that left"
+    await until(
+        lambda: slow.active_jobs == 0,
+        timeout_s=2,
+        message="the worker still generates for a client that left",
+    )
 
 
 async def test_non_streamed_disconnect_cancels_too(api: ApiFactory, worker: WorkerFactory) -> None:
@@ -315,23 +319,26 @@ async def test_non_streamed_disconnect_cancels_too(api: ApiFactory, worker: Work
     slow = await worker(fake_token_delay_s=0.3)
     with contextlib.suppress(httpx.ReadTimeout):
         await client.post("/v1/chat/completions", json=CHAT, timeout=0.5)
-    left = time.monotonic()
-    while slow.active_jobs and time.monotonic() - left < 2:
-        await asyncio.sleep(0.02)
-    assert slow.active_jobs == 0
+    await until(lambda: slow.active_jobs == 0, timeout_s=2)
 
 
 async def test_a_queued_stream_whose_client_left_never_runs(
-    api: ApiFactory, worker: WorkerFactory
+    redis: Redis, api: ApiFactory, worker: WorkerFactory
 ) -> None:
     client = await api()
     busy = await worker(num_parallel=1, fake_token_delay_s=0.05)
     running = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
-    while not busy.active_jobs:
-        await asyncio.sleep(0.01)
+    await until(lambda: busy.active_jobs)
     # nothing is sent before the first token, so the client gives up while queued
     with contextlib.suppress(httpx.ReadTimeout):
         await client.post("/v1/chat/completions", json={**CHAT, "stream": True}, timeout=0.2)
     assert (await running).status_code == 200
-    await asyncio.sleep(0.3)  # the worker is free: it claims and drops the cancelled job
+    # the worker is free: it claims the cancelled job and drops it (or, wrongly, runs it);
+    # either way the entry leaves the stream only after that
+    await until(lambda: _stream_empty(redis))
     assert len(busy.engine.seen) == 1  # type: ignore[attr-defined]
+
+
+async def _stream_empty(redis: Redis) -> bool:
+    """Whether the model's stream is empty: every job taken and finished or dropped."""
+    return int(await redis.xlen(keys.job_stream(MODEL))) == 0

@@ -8,8 +8,11 @@ import contextlib
 import httpx
 import orjson
 import pytest
+from redis.asyncio import Redis
 
+from shared import keys
 from tests.conftest import ApiFactory, WorkerFactory
+from tests.polling import until
 from worker.fake_engine import FAIL_MARKER, REPLY
 
 CHAT = {"model": "gemma3:270m", "messages": [{"role": "user", "content": "hi"}]}
@@ -183,30 +186,36 @@ async def test_error_before_first_token_is_a_status(api: ApiFactory, worker: Wor
 
 
 async def test_a_queued_stream_whose_client_left_never_runs(
-    api: ApiFactory, worker: WorkerFactory
+    redis: Redis, api: ApiFactory, worker: WorkerFactory
 ) -> None:
     client = await api()
     busy = await worker(num_parallel=1, fake_token_delay_s=0.05)
     running = asyncio.create_task(client.post("/api/chat", json={**CHAT, "stream": False}))
-    while not busy.active_jobs:
-        await asyncio.sleep(0.01)
+    await until(lambda: busy.active_jobs)
     # a streamed answer sends nothing before its first chunk: the client gives up while queued
     with contextlib.suppress(httpx.ReadTimeout):
         await client.post("/api/chat", json={**CHAT, "stream": True}, timeout=0.2)
     assert (await running).status_code == 200
-    await asyncio.sleep(0.3)  # the worker is free: it claims and drops the cancelled job
+    # the worker is free: it claims the cancelled job and drops it (or, wrongly, runs it);
+    # either way the entry leaves the stream only after that
+    await until(lambda: _stream_empty(redis))
     assert len(busy.engine.seen) == 1  # type: ignore[attr-defined]
+
+
+async def _stream_empty(redis: Redis) -> bool:
+    """Whether the chat model's stream is empty: every job taken and finished or dropped."""
+    return int(await redis.xlen(keys.job_stream(str(CHAT["model"])))) == 0
 
 
 async def test_an_unexpected_failure_still_answers_in_ollamas_shape(
     api: ApiFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from api import calls
+    from api import requests
 
-    async def broken(*_: object, **__: object) -> object:
+    def broken(*_: object, **__: object) -> object:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(calls, "resolve", broken)
+    monkeypatch.setattr(requests, "chat_call", broken)
     client = await api()
     response = await client.post("/api/chat", json=CHAT)
     assert response.status_code == 500

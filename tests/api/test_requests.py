@@ -1,5 +1,6 @@
 """``generate_call`` and ``chat_call``: every request field lands in the job, and faults
-get Ollama's texts in Ollama's order. Real Redis; adverts written as workers write them."""
+get Ollama's texts in Ollama's order. The model is looked up as the routes look it up
+(real Redis; adverts written as workers write them); unloads run through ``api.control``."""
 
 from __future__ import annotations
 
@@ -9,9 +10,16 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from api import ollama
-from api.calls import chat_call, generate_call
-from api.inference import Call
+from api import control, responses
+from api.requests import (
+    Call,
+    ChatRequest,
+    GenerateRequest,
+    Load,
+    Unload,
+    chat_call,
+    generate_call,
+)
 from api.state import AppState
 from shared import keys
 from shared.errors import EngineFailure, HerdError, InvalidRequest, ModelNotFound
@@ -33,14 +41,22 @@ async def models(redis: Redis) -> None:
     )
 
 
+async def _checked_generate(state: AppState, body: GenerateRequest) -> Call | Load | Unload:
+    return generate_call(body, await state.aliases.lookup(body.model))
+
+
+async def _checked_chat(state: AppState, body: ChatRequest) -> Call | Load | Unload:
+    return chat_call(body, await state.aliases.lookup(body.model))
+
+
 async def _generate(state: AppState, **fields: Any) -> Call:
-    call = await generate_call(state, ollama.GenerateRequest.model_validate(fields))
+    call = await _checked_generate(state, GenerateRequest.model_validate(fields))
     assert isinstance(call, Call)
     return call
 
 
 async def _chat(state: AppState, **fields: Any) -> Call:
-    call = await chat_call(state, ollama.ChatRequest.model_validate(fields))
+    call = await _checked_chat(state, ChatRequest.model_validate(fields))
     assert isinstance(call, Call)
     return call
 
@@ -217,7 +233,7 @@ async def test_generate_errors(
     state: AppState, fields: dict[str, Any], error: type[HerdError], message: str
 ) -> None:
     with pytest.raises(error) as info:
-        await generate_call(state, ollama.GenerateRequest.model_validate(fields))
+        await _checked_generate(state, GenerateRequest.model_validate(fields))
     assert info.value.message == message
     assert type(info.value) is error
 
@@ -259,24 +275,25 @@ async def test_chat_errors(
     state: AppState, fields: dict[str, Any], error: type[HerdError], message: str
 ) -> None:
     with pytest.raises(error) as info:
-        await chat_call(state, ollama.ChatRequest.model_validate(fields))
+        await _checked_chat(state, ChatRequest.model_validate(fields))
     assert info.value.message == message
 
 
 async def test_checks_run_in_ollamas_order(state: AppState) -> None:
     # a bad think value is a decoding error: it wins over a missing model
     with pytest.raises(InvalidRequest, match="invalid think value"):
-        await generate_call(state, ollama.GenerateRequest(model="nope", think="x"))
+        await _checked_generate(state, GenerateRequest(model="nope", think="x"))
     # thinking is checked before capabilities, capabilities before options
-    body = ollama.GenerateRequest(model="embedder", prompt="x", think=True, options={"top_k": "x"})
+    body = GenerateRequest(model="embedder", prompt="x", think=True, options={"top_k": "x"})
     with pytest.raises(InvalidRequest, match="does not support thinking"):
-        await generate_call(state, body)
-    body = ollama.GenerateRequest(model="embedder", prompt="x", options={"top_k": "x"})
+        await _checked_generate(state, body)
+    body = GenerateRequest(model="embedder", prompt="x", options={"top_k": "x"})
     with pytest.raises(InvalidRequest, match="does not support generate"):
-        await generate_call(state, body)
+        await _checked_generate(state, body)
     # the unload check comes before capabilities: an embedding model can be unloaded
-    answer = await generate_call(state, ollama.GenerateRequest(model="embedder", keep_alive=0))
-    assert isinstance(answer, dict) and answer["done_reason"] == "unload"
+    action = await _checked_generate(state, GenerateRequest(model="embedder", keep_alive=0))
+    assert isinstance(action, Unload)
+    assert responses.control_answer(action)["done_reason"] == "unload"
 
 
 async def test_think_false_is_fine_without_the_capability(state: AppState) -> None:
@@ -290,10 +307,13 @@ async def test_unload_asks_only_the_workers_that_hold_the_model(
     holding = LoadedModel(name="plain:latest", size_bytes=1, expires_at="2026-01-01T00:00:00Z")
     await advertise(redis, [advert("plain:latest")], worker_id="w2", loaded=[holding])
     await advertise(redis, [advert("plain:latest")], worker_id="w3")
-    answer = await chat_call(state, ollama.ChatRequest(model="Plain", keep_alive="0s"))
+    action = await _checked_chat(state, ChatRequest(model="Plain", keep_alive="0s"))
+    assert isinstance(action, Unload)
+    assert await control.unload(state.redis, state.registry, action) == 1
+    answer = responses.control_answer(action)
     assert answer == {
         "model": "Plain",
-        "created_at": answer["created_at"],  # type: ignore[index]
+        "created_at": answer["created_at"],
         "message": {"role": "assistant", "content": ""},
         "done": True,
         "done_reason": "unload",
@@ -307,11 +327,30 @@ async def test_unload_asks_only_the_workers_that_hold_the_model(
 
 
 async def test_aliases_run_on_the_source_models_stream(state: AppState, redis: Redis) -> None:
-    # through the pod's catalog, which sees its own changes at once
-    assert await state.catalog.copy("plain:latest", "mine:latest")
+    # through the pod's aliases, which see their own changes at once
+    assert await state.aliases.copy("plain:latest", "mine:latest")
     call = await _generate(state, model="mine", prompt="x")
     assert call.name == "plain:latest" and call.job.model == "plain:latest"
     assert call.model == "mine"
-    assert await state.catalog.delete("full:latest")
+    assert await state.aliases.delete("full:latest")
     with pytest.raises(ModelNotFound, match="model 'full' not found"):
         await _generate(state, model="full", prompt="x")
+
+
+def test_the_checks_are_pure_and_say_what_to_do_without_a_job_to_stream() -> None:
+    # no state, no Redis: the looked-up advert is an argument
+    served = advert("full:latest")
+    body = GenerateRequest(model="Full", keep_alive="5m", options={"num_ctx": 64})
+    load = generate_call(body, served)
+    assert isinstance(load, Load) and (load.route, load.model) == ("generate", "Full")
+    job = load.job
+    assert (job.kind, job.model, job.keep_alive_s, job.load.num_ctx) == (
+        "load",
+        "full:latest",
+        300,
+        64,
+    )
+    unload = chat_call(ChatRequest(model="Full", keep_alive=0), served)
+    assert unload == Unload(route="chat", model="Full", name="full:latest")
+    with pytest.raises(ModelNotFound, match="model 'Full' not found"):
+        chat_call(ChatRequest(model="Full", messages=[{"role": "user"}]), None)

@@ -1,6 +1,6 @@
-"""Request fields that Ollama checks itself rather than through its JSON decoder:
-``options`` (``api.Options.FromMap``), ``format``, ``think``, ``keep_alive`` and the base64
-of ``images`` — each with Ollama's error text.
+"""The loosely typed request fields that Ollama decodes with its own texts: ``options``
+(``api.Options.FromMap``), ``format``, ``think``, ``keep_alive`` and the base64 of
+``images``. Pure functions; ``api.requests`` calls them in Ollama's order.
 
 One difference is kept on purpose: a mistyped option is a 400 here; Ollama lets it surface
 from the scheduler as a 500, although it is the client's error.
@@ -13,6 +13,7 @@ from typing import Any, Literal
 import orjson
 
 from api import gofmt
+from shared import thinking
 from shared.durations import keep_alive_seconds
 from shared.errors import EngineFailure, InvalidRequest
 from shared.messages import LoadOptions, SamplingOptions
@@ -46,8 +47,6 @@ SAMPLING_OPTIONS: dict[str, OptionType] = {
     "frequency_penalty": "float32",
     "stop": "array",
 }
-
-THINK_LEVELS = ("high", "medium", "low", "max")
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -93,12 +92,12 @@ def parse_options(options: dict[str, Any] | None) -> tuple[SamplingOptions, Load
     return SamplingOptions(**sampling), LoadOptions(**load)
 
 
-def parse_think(think: object) -> bool | str | None:
-    """``api.ThinkValue``: a boolean or a level."""
+def parse_think(think: object) -> thinking.Think:
+    """``api.ThinkValue``: a boolean or a level (``shared.thinking`` says what it means)."""
     if think is None or isinstance(think, bool):
         return think
     if isinstance(think, str):
-        if think not in THINK_LEVELS:
+        if think not in thinking.LEVELS:
             raise InvalidRequest(
                 f"invalid think value: {gofmt.quote(think)} "
                 '(must be "high", "medium", "low", "max", true, or false)'
@@ -107,11 +106,6 @@ def parse_think(think: object) -> bool | str | None:
     raise InvalidRequest(
         'think must be a boolean or string ("high", "medium", "low", "max", true, or false)'
     )
-
-
-def thinks(think: bool | str | None) -> bool:
-    """``ThinkValue.Bool``: thinking asked for in any way."""
-    return think is True or isinstance(think, str)
 
 
 def parse_format(fmt: object) -> str | dict[str, Any] | None:

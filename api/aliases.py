@@ -1,6 +1,6 @@
-"""The model catalog: the names clients see, over the models the workers serve.
+"""Aliases and deletions: the names clients see, over the models the workers serve.
 
-Workers advertise the models they can serve; the catalog, shared by every API pod in
+Workers advertise the models they can serve; this layer, shared by every API pod in
 Redis, adds two things Ollama clients expect to be able to do:
 
 - ``/api/copy`` makes an alias (hash ``keys.CATALOG_ALIASES``: alias -> served name). A
@@ -12,7 +12,7 @@ Redis, adds two things Ollama clients expect to be able to do:
 
 Model files are never deleted: they belong to the workers' model stores, which the API
 does not manage; a hidden model still occupies its disk and may stay loaded until it
-expires. Every route resolves names here. A pod re-reads the catalog at most every
+expires. Every route resolves names here. A pod re-reads them at most every
 ``CACHE_S`` (so a request costs no extra round trip), and at once after its own change:
 pods agree within half a second, as they do on the workers' adverts.
 """
@@ -21,26 +21,24 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Annotated
 
-from fastapi import Depends
 from redis.asyncio import Redis
 
 from api.registry import CACHE_S, Registry
-from api.state import StateDep
-from shared import keys
+from shared import keys, names
+from shared.errors import InvalidRequest
 from shared.messages import ModelAdvert
 
 
 @dataclass(frozen=True)
 class Entry:
-    """A name the catalog lists and the served model behind it."""
+    """A name clients can use and the served model behind it."""
 
     name: str
     advert: ModelAdvert
 
 
-class Catalog:
+class Aliases:
     def __init__(self, client: Redis, registry: Registry) -> None:
         self._client = client
         self._registry = registry
@@ -68,6 +66,15 @@ class Catalog:
         if name in deleted:
             return None
         return await self._registry.find(name)
+
+    async def lookup(self, model: str) -> ModelAdvert | None:
+        """What a client's model name stands for; None for an empty or invalid name too
+        (``api.requests`` raises the error for those at its place in Ollama's order)."""
+        try:
+            name = names.normalize(model) if model else ""
+        except InvalidRequest:
+            return None
+        return await self.resolve(name) if name else None
 
     async def entries(self) -> list[Entry]:
         """Every name a client can use: served models not deleted, and live aliases."""
@@ -105,10 +112,3 @@ class Catalog:
             changes = await pipe.execute()
         self._read_at = float("-inf")
         return any(changes)
-
-
-def get_catalog(state: StateDep) -> Catalog:
-    return state.catalog
-
-
-CatalogDep = Annotated[Catalog, Depends(get_catalog)]

@@ -7,13 +7,14 @@ import base64
 
 import pytest
 
-from api import options
+from api import fields
+from shared import thinking
 from shared.errors import EngineFailure, InvalidRequest
 from shared.messages import GenerateJob
 
 
 def test_options_are_split_by_when_they_apply() -> None:
-    sampling, load = options.parse_options(
+    sampling, load = fields.parse_options(
         {
             "temperature": 0,
             "top_k": 5.9,
@@ -62,7 +63,7 @@ def test_options_are_split_by_when_they_apply() -> None:
 
 
 def test_unknown_legacy_and_null_options_are_ignored() -> None:
-    sampling, load = options.parse_options(
+    sampling, load = fields.parse_options(
         {
             "numa": "not even a bool",
             "mirostat": "x",
@@ -75,7 +76,7 @@ def test_unknown_legacy_and_null_options_are_ignored() -> None:
     )
     assert sampling.model_dump(exclude_none=True) == {}
     assert load.model_dump(exclude_none=True) == {}
-    assert options.parse_options(None)[0].model_dump(exclude_none=True) == {}
+    assert fields.parse_options(None)[0].model_dump(exclude_none=True) == {}
 
 
 @pytest.mark.parametrize(
@@ -94,14 +95,14 @@ def test_unknown_legacy_and_null_options_are_ignored() -> None:
 )
 def test_mistyped_options_get_ollamas_texts(given: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidRequest) as info:
-        options.parse_options(given)
+        fields.parse_options(given)
     assert info.value.message == message
     assert info.value.status == 400  # Ollama: 500 (see the module's docstring)
 
 
 @pytest.mark.parametrize("value", [None, True, False, "low", "medium", "high", "max"])
 def test_think_accepts_booleans_and_levels(value: bool | str | None) -> None:
-    assert options.parse_think(value) == value
+    assert fields.parse_think(value) == value
 
 
 @pytest.mark.parametrize(
@@ -115,13 +116,13 @@ def test_think_accepts_booleans_and_levels(value: bool | str | None) -> None:
 )
 def test_think_rejects_other_values(value: object, message: str) -> None:
     with pytest.raises(InvalidRequest) as info:
-        options.parse_think(value)
+        fields.parse_think(value)
     assert info.value.message.startswith(message)
     assert info.value.message.endswith('"high", "medium", "low", "max", true, or false)')
 
 
 def test_thinking_is_asked_for_by_true_or_a_level() -> None:
-    assert [options.thinks(v) for v in (None, False, True, "low")] == [False, False, True, True]
+    assert [thinking.requested(v) for v in (None, False, True, "low")] == [False, False, True, True]
 
 
 @pytest.mark.parametrize(
@@ -129,7 +130,7 @@ def test_thinking_is_asked_for_by_true_or_a_level() -> None:
     [(None, None), ("", None), ("json", "json"), ({"type": "object"}, {"type": "object"})],
 )
 def test_format_json_or_schema_or_nothing(value: object, expected: object) -> None:
-    assert options.parse_format(value) == expected
+    assert fields.parse_format(value) == expected
 
 
 @pytest.mark.parametrize(
@@ -144,7 +145,7 @@ def test_format_json_or_schema_or_nothing(value: object, expected: object) -> No
 )
 def test_other_formats_fail_as_the_runner_fails_them(value: object, quoted: str) -> None:
     with pytest.raises(EngineFailure) as info:
-        options.parse_format(value)
+        fields.parse_format(value)
     assert info.value.message == (
         f'invalid format: {quoted}; expected "json" or a valid JSON Schema object'
     )
@@ -156,12 +157,12 @@ def test_other_formats_fail_as_the_runner_fails_them(value: object, quoted: str)
     [(None, None), (0, 0), ("0", 0), (30, 30), (0.5, 0.5), ("1h30m", 5400), ("300ms", 0.3)],
 )
 def test_keep_alive_in_seconds(value: object, seconds: float | None) -> None:
-    assert options.keep_alive(value) == seconds
+    assert fields.keep_alive(value) == seconds
 
 
 @pytest.mark.parametrize("value", [-1, -0.5, "-1m"])
 def test_negative_keep_alive_is_forever_as_minus_one(value: object) -> None:
-    assert options.keep_alive(value) == -1
+    assert fields.keep_alive(value) == -1
 
 
 @pytest.mark.parametrize(
@@ -175,7 +176,7 @@ def test_negative_keep_alive_is_forever_as_minus_one(value: object) -> None:
 )
 def test_bad_keep_alive(value: object, message: str) -> None:
     with pytest.raises(InvalidRequest) as info:
-        options.keep_alive(value)
+        fields.keep_alive(value)
     assert info.value.message == message
 
 
@@ -197,24 +198,24 @@ def test_bad_keep_alive(value: object, message: str) -> None:
     ],
 )
 def test_base64_errors_where_go_reports_them(text: str, at: int | None) -> None:
-    assert options.base64_error_at(text) == at
+    assert fields.base64_error_at(text) == at
 
 
 def test_images_must_decode() -> None:
     good = base64.b64encode(b"\x00\xff image").decode()
-    assert options.check_images([good]) == [good]
-    assert options.check_images([]) is None
+    assert fields.check_images([good]) == [good]
+    assert fields.check_images([]) is None
     with pytest.raises(InvalidRequest, match=r"^illegal base64 data at input byte 2$"):
-        options.check_images([good, "ab=c"])
+        fields.check_images([good, "ab=c"])
 
 
 def test_huge_integer_options_are_clamped_not_a_crash() -> None:
-    sampling, load = options.parse_options(
+    sampling, load = fields.parse_options(
         {"num_predict": 1e300, "seed": 123456789012345678901234567890, "num_ctx": -1e30}
     )
-    assert sampling.num_predict == options.INT32_MAX
-    assert sampling.seed == options.INT32_MAX
-    assert load.num_ctx == options.INT32_MIN
+    assert sampling.num_predict == fields.INT32_MAX
+    assert sampling.seed == fields.INT32_MAX
+    assert load.num_ctx == fields.INT32_MIN
     # and the job built from them still serialises
     job = GenerateJob(
         request_id="r",
