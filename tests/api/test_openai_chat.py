@@ -319,7 +319,11 @@ async def test_non_streamed_disconnect_cancels_too(api: ApiFactory, worker: Work
     slow = await worker(fake_token_delay_s=0.3)
     with contextlib.suppress(httpx.ReadTimeout):
         await client.post("/v1/chat/completions", json=CHAT, timeout=0.5)
-    await until(lambda: slow.active_jobs == 0, timeout_s=2)
+    await until(
+        lambda: slow.active_jobs == 0,
+        timeout_s=2,
+        message="the worker still generates for a client that left",
+    )
 
 
 async def test_a_queued_stream_whose_client_left_never_runs(
