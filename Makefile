@@ -34,6 +34,7 @@ test: lint typecheck
 	$(PY) -m pytest
 
 bench: install
+	$(PY) -m pip install --quiet -e '.[worker,bench]'
 	$(PY) -m bench
 
 clean:
