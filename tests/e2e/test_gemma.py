@@ -69,14 +69,8 @@ def _plausible_metrics(response: ollama.ChatResponse | ollama.GenerateResponse) 
     assert 1_000 < per_token_ns < 1_000_000_000
 
 
-# Seeded at temperature 0, a request repeats its text exactly only from the same state:
-# llama.cpp's first, whole-prompt evaluation rounds differently from a later one that reuses
-# the cached prompt. So tests that compare two answers ask once beforehand.
-
-
 def test_chat_streams_text(client: ollama.Client) -> None:
     messages = [{"role": "user", "content": "Name three colours."}]
-    client.chat(model=MODEL, messages=messages, options=SHORT)  # see above
     parts = list(client.chat(model=MODEL, messages=messages, stream=True, options=SHORT))
     assert all(not p.done for p in parts[:-1]) and parts[-1].done
     _plausible_metrics(parts[-1])
@@ -88,7 +82,6 @@ def test_chat_streams_text(client: ollama.Client) -> None:
 
 def test_chat_not_streamed_is_deterministic_with_a_seed(client: ollama.Client) -> None:
     messages = [{"role": "user", "content": "Say hello."}]
-    client.chat(model=MODEL, messages=messages, options=SHORT)  # see above
     first = client.chat(model=MODEL, messages=messages, options=SHORT)
     second = client.chat(model=MODEL, messages=messages, options=SHORT)
     assert first.message.role == "assistant" and first.message.content is not None
@@ -107,7 +100,6 @@ def test_generate_returns_text_and_context(client: ollama.Client) -> None:
 
 def test_stop_option_ends_the_text(client: ollama.Client) -> None:
     prompt = "Count: 1, 2, 3,"
-    client.generate(model=MODEL, prompt=prompt, options=SHORT)  # see above
     free = client.generate(model=MODEL, prompt=prompt, options=SHORT).response or ""
     assert free, "no text to take a stop string from"
     # a stop string from the text the model actually wrote, whatever that text is

@@ -14,9 +14,16 @@ from shared import keys
 from shared.errors import QUEUE_FULL
 from shared.messages import decode_event
 from tests.conftest import ApiFactory, Event, WorkerFactory, make_job
+from tests.polling import until
 from worker.fake_engine import FakeEngine
 
 CHAT = {"model": "gemma3:270m", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+
+
+async def _drained(redis: Redis, stream: str) -> bool:
+    """No entry left in the stream, none claimed and unfinished."""
+    pending = await redis.xpending(stream, keys.JOB_GROUP)
+    return bool(await redis.xlen(stream) == 0 and pending["pending"] == 0)
 
 
 def _seen(*engines: object) -> list[str]:
@@ -78,9 +85,10 @@ async def test_a_queued_job_whose_client_left_never_runs(
     with contextlib.suppress(httpx.ReadTimeout):
         await client.post("/api/chat", json=CHAT, timeout=0.2)
     assert (await running).status_code == 200
-    await asyncio.sleep(0.3)  # the worker is free: it claims and drops the cancelled job
+    # the worker is free: it claims the cancelled job and drops it (the entry then leaves)
+    stream = keys.job_stream("gemma3:270m")
+    await until(lambda: _drained(redis, stream), message="the cancelled job stayed queued")
     assert len(_seen(busy.engine)) == 1
-    assert await redis.xlen(keys.job_stream("gemma3:270m")) == 0
 
 
 async def test_full_queue_answers_503(api: ApiFactory, worker: WorkerFactory) -> None:
@@ -100,7 +108,7 @@ async def test_full_queue_answers_503(api: ApiFactory, worker: WorkerFactory) ->
 
 
 async def test_a_job_nobody_takes_times_out_with_503(
-    api: ApiFactory, worker: WorkerFactory
+    api: ApiFactory, worker: WorkerFactory, redis: Redis
 ) -> None:
     client = await api(queue_timeout_s=0.5)
     busy = await worker(num_parallel=1, fake_token_delay_s=0.2)
@@ -111,7 +119,8 @@ async def test_a_job_nobody_takes_times_out_with_503(
     assert waited.status_code == 503
     assert "timed out" in waited.json()["error"]
     assert (await running).status_code == 200
-    await asyncio.sleep(0.3)
+    stream = keys.job_stream("gemma3:270m")
+    await until(lambda: _drained(redis, stream), message="the expired job stayed queued")
     assert len(_seen(busy.engine)) == 1  # the expired job was dropped, not run
 
 
@@ -152,3 +161,48 @@ async def test_a_worker_restarted_under_its_id_runs_what_it_left_pending(
     assert events[-1].type == "done"
     assert {e.attempt for e in events} == {2}  # a new attempt, as a takeover is
     assert (await redis.xpending(stream, keys.JOB_GROUP))["pending"] == 0
+
+
+async def test_workers_claim_only_the_jobs_they_can_start_now(
+    api: ApiFactory, worker: WorkerFactory, redis: Redis
+) -> None:
+    """8 jobs, 2 workers with 2 slots each: never more than 4 claimed or running, and each
+    job starts within one job's time of a slot freeing."""
+    client = await api()
+    delay = 0.04
+    workers = [
+        await worker(worker_id=f"w{i}", num_parallel=2, fake_token_delay_s=delay) for i in (1, 2)
+    ]
+    stream = keys.job_stream("gemma3:270m")
+    claimed: dict[str, int] = {}
+
+    async def watch() -> None:
+        while True:
+            for consumer in await redis.xinfo_consumers(stream, keys.JOB_GROUP):
+                name = consumer["name"].decode()
+                claimed[name] = max(claimed.get(name, 0), consumer["pending"])
+            await asyncio.sleep(0.005)
+
+    async def one() -> tuple[float, float]:
+        async with client.stream("POST", "/api/chat", json={**CHAT, "stream": True}) as reply:
+            lines = reply.aiter_lines()
+            await anext(lines)
+            first = time.monotonic()
+            async for _ in lines:
+                pass
+            return first, time.monotonic()
+
+    watcher = asyncio.create_task(watch())
+    began = time.monotonic()
+    spans = await asyncio.gather(*(one() for _ in range(8)))
+    watcher.cancel()
+    job_time = min(end - start for start, end in spans)
+    assert claimed and max(claimed.values()) <= 2
+    for w in workers:
+        assert isinstance(w.engine, FakeEngine)
+        assert w.engine.peak["gemma3:270m"] <= 2
+    starts = sorted(start for start, _ in spans)
+    ends = sorted(end for _, end in spans)
+    assert all(start - began < job_time for start in starts[:4])  # four start at once
+    for k in range(4, 8):  # the rest, each within a job's time of the k-4th slot freeing
+        assert starts[k] - ends[k - 4] < job_time

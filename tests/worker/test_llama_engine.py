@@ -3,6 +3,7 @@ seeds, load options and embeddings. The model is loaded once for the module (``e
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import AsyncIterator
@@ -142,13 +143,37 @@ async def test_seed_makes_sampling_repeatable(engine: LlamaEngine) -> None:
     assert text_of(first) != text_of(other)
 
 
+async def test_ollamas_seed_example_repeats_with_the_prompt_cached(engine: LlamaEngine) -> None:
+    """Ollama's docs example (seed 123, default temperature) sent twice: the second run
+    finds its prompt in a slot's cache, and must still say the same."""
+    request = job(prompt="Why is the sky blue?", options=SamplingOptions(seed=123, num_predict=24))
+    first, _ = await run(engine, request)
+    again, finish = await run(engine, request)
+    assert finish.n_cached > 0
+    assert text_of(again) == text_of(first)
+
+
+async def test_concurrent_requests_answer_as_they_would_alone(engine: LlamaEngine) -> None:
+    """Greedy and seeded requests batched together (one decode per step) give each the
+    text it gives alone."""
+    requests = [
+        job(prompt=f"Question {i}: name a {thing}.", raw=True, options=options)
+        for i, thing in enumerate(["colour", "fruit", "river", "planet"])
+        for options in [
+            GREEDY.model_copy(update={"num_predict": 24}),
+            SamplingOptions(seed=i, temperature=0.9, num_predict=24),
+        ]
+    ]
+    alone = [text_of((await run(engine, r))[0]) for r in requests]
+    together = await asyncio.gather(*(run(engine, r) for r in requests))
+    assert [text_of(pieces) for pieces, _ in together] == alone
+    [status] = engine.loaded()
+    assert status.slots >= 2  # they did share steps (CPU auto gives up to 4 slots)
+
+
 async def test_num_predict_and_stop_strings(engine: LlamaEngine) -> None:
     options = GREEDY.model_copy(update={"num_predict": 5})
-    request = job(prompt="Count: 1, 2, 3,", raw=True, options=options)
-    # asked once before: a first, whole-prompt evaluation can round differently from the
-    # later ones that reuse the cached prompt, and the two answers below must be the same
-    await run(engine, request)
-    pieces, finish = await run(engine, request)
+    pieces, finish = await run(engine, job(prompt="Count: 1, 2, 3,", raw=True, options=options))
     assert (finish.done_reason, finish.n_decoded) == ("length", 5)
     assert finish.context is None  # raw mode returns no context
     # a stop string from the middle of the text the model wrote, whatever it is, ends it there

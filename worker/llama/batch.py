@@ -8,12 +8,14 @@ Each step:
 2. Waiting work is admitted into free slots. A generation takes the free slot whose
    cached tokens share the longest prefix with its prompt (a chat's next turn reuses its
    KV); only the rest of its prompt is evaluated.
-3. One batch is built: the last sampled token of every decoding sequence, then prompt
-   chunks of prefilling sequences within ``n_batch`` tokens (``PREFILL_BUDGET`` at most
-   while others decode), so a long prompt never stalls running streams for more than one
-   chunk.
-4. ``llama_decode`` once; then every sequence whose row has logits samples with its own
-   sampler chain (its options, grammar and seed) and hands its text to the event loop.
+3. One ``llama_decode`` of the last sampled token of every decoding sequence; each samples
+   with its own sampler chain (its options, grammar and seed) and hands its text to the
+   event loop.
+4. One ``llama_decode`` of a piece of prompt of the sequences still reading theirs, within
+   ``n_batch`` tokens (``PREFILL_BUDGET`` while others decode): a long prompt never
+   stalls running streams for more than one piece. Pieces are sized so that the logits
+   never depend on how a prompt was split (``MIN_PIECE``): with a seed, an answer is the
+   same whether its prompt was cached, and whatever ran beside it.
 
 A sequence whose reader lags (``HANDOFF_LIMIT`` items unread) sits out steps until it
 catches up: the thread never blocks on one client. A failure of one sequence ends that
@@ -72,6 +74,9 @@ class _Slot:
     seq_id: int
     #: The tokens in this sequence's KV cells, in position order.
     cached: list[int] = field(default_factory=list)
+    #: How many of them were read as prompt pieces (the rest were decoded one by one,
+    #: or shifted): only those are reused, since they hold what a fresh read would.
+    exact: int = 0
     #: When it was last given work (ties of prefix length go to the least recent).
     used: float = 0.0
     work: _Generation | None = None
@@ -233,18 +238,18 @@ class Scheduler:
 
     def _choose(self, free: list[_Slot], tokens: list[int]) -> _Slot:
         def score(slot: _Slot) -> tuple[int, float]:
-            return _common_prefix(slot.cached, tokens), -slot.used
+            return _reusable(slot, tokens), -slot.used
 
         return max(free, key=score)
 
     def _place(self, gen: _Generation, slot: _Slot) -> None:
         tokens = gen.seq.tokens
-        # at least the last prompt token is evaluated again, for fresh logits
-        common = min(_common_prefix(slot.cached, tokens), len(tokens) - 1)
+        common = _reusable(slot, tokens)
         if common <= 0 or not self.runtime.forget(slot.seq_id, common, -1):
             self.runtime.forget(slot.seq_id)
             common = 0
         slot.cached = slot.cached[:common]
+        slot.exact = common
         slot.used = time.monotonic()
         slot.work, gen.slot = gen, slot
         gen.prefill = tokens[common:]
@@ -254,7 +259,7 @@ class Scheduler:
 
     def _run_task(self, task: _Task, slot: _Slot) -> None:
         self.runtime.forget(slot.seq_id)
-        slot.cached = []
+        slot.cached, slot.exact = [], 0
         slot.used = time.monotonic()
         try:
             task.run(self.runtime, slot.seq_id)
@@ -268,11 +273,20 @@ class Scheduler:
             self._end(task, None)
 
     def _step(self) -> bool:
-        """One decode of every sequence that can go on; False when none could."""
-        runtime = self.runtime
-        runtime.clear_batch()
+        """One step: a decode of every sequence that can go on, then one piece of prompt
+        (two ``llama_decode`` calls, so that llama.cpp never cuts a prompt piece around
+        the decoding sequences' tokens). False when nothing could run."""
         for gen in self._running:
             gen.row, gen.batched = None, False
+        decoded = self._decode()
+        budget = self.runtime.n_batch
+        if decoded:
+            budget = min(budget, PREFILL_BUDGET)
+        return self._prefill(budget) or decoded
+
+    def _decode(self) -> bool:
+        runtime = self.runtime
+        runtime.clear_batch()
         for gen in [g for g in self._running if g.seq.next_token is not None]:
             if not gen.out.space.acquire(blocking=False):
                 continue  # its reader lags: it sits this step out
@@ -286,29 +300,44 @@ class Scheduler:
             gen.row = runtime.add(token, len(gen.slot.cached), gen.slot.seq_id, True)
             gen.slot.cached.append(token)
             gen.batched = True
-        decoding = runtime.batch.n_tokens
-        budget = runtime.n_batch - decoding
-        if decoding:
-            budget = min(budget, PREFILL_BUDGET)
+        return self._run_batch()
+
+    def _prefill(self, budget: int) -> bool:
+        """A piece of prompt of the sequences that are reading one; pieces of one size
+        only (llama.cpp splits a batch into equal shares per sequence: an unequal mix
+        would cut a piece into sizes that round differently)."""
+        runtime = self.runtime
+        runtime.clear_batch()
+        size = 0
         for gen in [g for g in self._running if g.prefill]:
-            if budget <= 0:
-                break
-            assert gen.slot is not None
-            chunk, gen.prefill = gen.prefill[:budget], gen.prefill[budget:]
+            share = piece_size(len(gen.prefill), budget)
+            if size and (share != size or share > budget):
+                continue
+            size = share
+            slot = gen.slot
+            assert slot is not None
+            chunk, gen.prefill = gen.prefill[:share], gen.prefill[share:]
             budget -= len(chunk)
             gen.batched = True
+            whole = slot.exact == len(slot.cached)
             for index, token in enumerate(chunk):
                 last = not gen.prefill and index == len(chunk) - 1
-                row = runtime.add(token, len(gen.slot.cached), gen.slot.seq_id, last)
-                gen.slot.cached.append(token)
+                row = runtime.add(token, len(slot.cached), slot.seq_id, last)
+                slot.cached.append(token)
                 if last:
                     gen.row = row
-        if runtime.batch.n_tokens == 0:
+            if whole:
+                slot.exact = len(slot.cached)
+        return self._run_batch()
+
+    def _run_batch(self) -> bool:
+        """Decode the batch built, then let each sequence with logits sample."""
+        if self.runtime.batch.n_tokens == 0:
             return False
         self.steps += 1
-        self.widest = max(self.widest, sum(1 for g in self._running if g.batched))
+        self.widest = max(self.widest, sum(1 for g in self._running if g.row is not None))
         try:
-            runtime.decode()
+            self.runtime.decode()
         except EngineFailure as exc:
             for gen in [g for g in self._running if g.batched]:
                 self._release(gen, keep_cache=False)
@@ -357,6 +386,7 @@ class Scheduler:
         if runtime.can_shift() and runtime.forget(slot.seq_id, keep, keep + discard):
             runtime.shift(slot.seq_id, keep + discard, n_past, -discard)
             slot.cached = slot.cached[:keep] + slot.cached[keep + discard :]
+            slot.exact = min(slot.exact, keep)
             return True
         # a cache that cannot move positions (recurrent models): evaluate the kept tail
         # again, then the sampled token; its logits give the next one
@@ -364,6 +394,7 @@ class Scheduler:
         tail = slot.cached[keep + discard :]
         runtime.forget(slot.seq_id, keep, -1)
         slot.cached = slot.cached[:keep]
+        slot.exact = min(slot.exact, keep)
         gen.prefill = [*tail, seq.next_token]
         seq.next_token = None
         if gen.reserved:
@@ -382,7 +413,7 @@ class Scheduler:
         slot.work = None
         if not keep_cache:
             self.runtime.forget(slot.seq_id)
-            slot.cached = []
+            slot.cached, slot.exact = [], 0
 
     def _end(self, work: _Generation | _Task, error: BaseException | None) -> None:
         if isinstance(work, _Generation):
@@ -394,6 +425,33 @@ class Scheduler:
         work.out.put(DONE)
         with self._lock:
             self._busy -= 1
+
+
+#: The fewest prompt tokens evaluated in one piece (but for a prompt shorter than this).
+#: Measured on gemma3:270m: a prompt read in pieces of 8 tokens or more gives the same
+#: logits to the bit as read whole; smaller pieces (a short tail after a cached prefix,
+#: tokens fed one by one) do not. So an answer does not depend on how its prompt was split:
+#: by what its slot had cached, or by the step budget.
+MIN_PIECE = 8
+
+
+def piece_size(remaining: int, budget: int) -> int:
+    """How many of a sequence's ``remaining`` prompt tokens to evaluate this step: up to
+    ``budget``, never a piece (nor a rest) shorter than ``MIN_PIECE``."""
+    size = min(remaining, budget)
+    if size < remaining and remaining - size < MIN_PIECE:
+        size = remaining - MIN_PIECE  # leave a whole piece
+        if size < MIN_PIECE:  # too short to split: all of it (a little over budget)
+            size = remaining
+    return max(size, min(remaining, MIN_PIECE))
+
+
+def _reusable(slot: _Slot, tokens: list[int]) -> int:
+    """Prompt tokens ``slot``'s cache can stand for: its exactly read prefix in common
+    with ``tokens``, leaving at least ``MIN_PIECE`` (or one) to read for fresh logits."""
+    common = min(_common_prefix(slot.cached, tokens), slot.exact)
+    tail = MIN_PIECE if len(tokens) > MIN_PIECE else 1
+    return max(0, min(common, len(tokens) - tail))
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -37,6 +37,8 @@ class LoadParams:
     n_threads: int
     #: Sequences decoded together (each with ``n_ctx`` cells of its own).
     slots: int = 1
+    #: Let llama.cpp repack CPU weights (faster batches; answers then vary with batching).
+    repack: bool = False
 
     @classmethod
     def resolve(
@@ -55,7 +57,10 @@ class LoadParams:
         gpu = options.num_gpu if options.num_gpu is not None and options.num_gpu >= 0 else None
         return cls(
             n_ctx=max(ctx, 4),
-            n_batch=options.num_batch if options.num_batch and options.num_batch > 0 else 512,
+            # a batch holds a whole prompt piece (worker.llama.batch.MIN_PIECE) and more
+            n_batch=max(32, options.num_batch)
+            if options.num_batch and options.num_batch > 0
+            else 512,
             n_gpu_layers=n_gpu_layers if gpu is None else gpu,
             main_gpu=options.main_gpu or 0,
             use_mmap=True if options.use_mmap is None else options.use_mmap,
@@ -95,6 +100,10 @@ class Runtime:
         model_params.n_gpu_layers = 0x7FFFFFFF if params.n_gpu_layers < 0 else params.n_gpu_layers
         model_params.main_gpu = params.main_gpu
         model_params.use_mmap = params.use_mmap
+        # Repacked CPU weights multiply a batch in row groups whose rounding depends on the
+        # batch's size: a sequence's answer would change with what else runs beside it.
+        # Plain weights give every row the same dot products, so batching changes nothing.
+        model_params.use_extra_bufts = params.repack
         self.model = _internals.LlamaModel(
             path_model=str(desc.spec.path), params=model_params, verbose=False
         )
