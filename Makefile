@@ -5,10 +5,16 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: install serve test lint typecheck unit e2e bench clean
 
+# llama-cpp-python compiles llama.cpp from source. Its multimodal library (mtmd: a fifth of
+# the compile) serves image input only, which Herd does not take; CMAKE_ARGS of your own
+# (e.g. -DGGML_CUDA=on) replace this.
+CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+export CMAKE_ARGS
+
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# llama-cpp-python compiles llama.cpp the first time (~17 min on 2 cores); pip caches the wheel
+	# the first time llama-cpp-python compiles llama.cpp (see README); pip caches the wheel
 	$(PY) -m pip install -e '.[worker,dev]'
 	touch $(STAMP)
 
