@@ -2,7 +2,7 @@
 request's token channel. JSON via orjson; never pickle.
 
 Ollama's field names (``eval_count``, durations in ns) are not used here; the API renders
-them from these events (``api.ollama``).
+them from these events (``api.responses``).
 """
 
 from __future__ import annotations

@@ -27,8 +27,6 @@ class Publisher:
         self.request_id = request_id
         self.attempt = attempt
         self._seq = 0
-        #: True once the client may have seen text: such a job must never run again.
-        self.sent_text = False
 
     def _next(self) -> int:
         seq, self._seq = self._seq, self._seq + 1
@@ -58,7 +56,6 @@ class Publisher:
         tool_calls: list[ToolCall] | None = None,
         logprobs: list[Logprob] | None = None,
     ) -> int:
-        self.sent_text = True
         return await self._publish(
             TokenEvent(
                 request_id=self.request_id,
