@@ -16,10 +16,12 @@ import jinja2
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from shared import thinking
 from shared.errors import EngineFailure
 from shared.messages import ChatMessage
+from shared.thinking import Think
 from worker import gotemplate
-from worker.templates import Rendered, Think, template_capabilities
+from worker.templates import Rendered, template_capabilities
 
 
 class _GoValue(dict[str, Any]):
@@ -156,8 +158,8 @@ class GoTemplate:
         think: Think = None,
     ) -> Rendered:
         system, merged = collate(messages)
-        thinking = {
-            "Think": bool(think),
+        flags = {
+            "Think": thinking.requested(think),
             "ThinkLevel": think if isinstance(think, str) else "",
             "IsThinkSet": think is not None,
         }
@@ -167,7 +169,7 @@ class GoTemplate:
                 "Messages": [_go_message(m) for m in merged],
                 "Tools": _go(tools or []),
                 "Response": "",
-                **thinking,
+                **flags,
             }
             return Rendered(self._run(self._full, values), self.stops)
         # older templates render one System/Prompt/Response turn at a time; the last turn
@@ -180,11 +182,11 @@ class GoTemplate:
                 message.role == "user" and turn["Response"]
             )
             if ends_turn:
-                out.append(self._run(self._full, {**turn, **thinking}))
+                out.append(self._run(self._full, {**turn, **flags}))
                 turn = {"System": "", "Prompt": "", "Response": ""}
             key = {"system": "System", "user": "Prompt", "assistant": "Response"}.get(message.role)
             if key:
                 turn[key] = message.content
         cut, _ = _compile(self.source, True)
-        out.append(self._run(cut, {**turn, **thinking}))
+        out.append(self._run(cut, {**turn, **flags}))
         return Rendered("".join(out), self.stops)

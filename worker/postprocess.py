@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from shared import thinking
 from shared.messages import GenerateJob, Logprob, ModelAdvert, ToolCall
 from worker.engine import Piece
 from worker.toolcalls import ToolCallParser
@@ -37,8 +38,9 @@ class Chunk:
 
 
 def thinks(job: GenerateJob, advert: ModelAdvert | None) -> bool:
-    """Whether the answer's thinking is split out (Ollama ≥ 0.12.5 thinks by default)."""
-    return advert is not None and "thinking" in advert.capabilities and job.think is not False
+    """Whether the answer's thinking is split out (``shared.thinking.enabled``)."""
+    capable = advert is not None and "thinking" in advert.capabilities
+    return thinking.enabled(job.think, capable=capable)
 
 
 _Phase = Literal["opening", "thinking", "after", "content"]

@@ -23,10 +23,10 @@ import jinja2
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from shared import thinking
 from shared.errors import EngineFailure, InvalidRequest
 from shared.messages import ChatMessage, GenerateJob
-
-Think = bool | str | None
+from shared.thinking import Think
 
 _THINK_MARKERS = re.compile(r"<think>|enable_thinking|reasoning_content")
 
@@ -149,11 +149,6 @@ def _hf_message(message: ChatMessage) -> dict[str, Any]:
     return out
 
 
-def thinking_enabled(think: Think) -> bool:
-    """Ollama thinks by default on a thinking model; ``think: false`` turns it off."""
-    return think is None or bool(think)
-
-
 class JinjaTemplate:
     def __init__(self, source: str, *, bos_token: str, eos_token: str) -> None:
         try:
@@ -174,7 +169,7 @@ class JinjaTemplate:
     ) -> Rendered:
         extra: dict[str, Any] = {}
         if "thinking" in self.capabilities:
-            extra["enable_thinking"] = thinking_enabled(think)
+            extra["enable_thinking"] = thinking.enabled(think, capable=True)
             if isinstance(think, str):
                 extra["reasoning_effort"] = "high" if think == "max" else think
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from typing import Literal
 
+from shared import thinking
 from shared.messages import GenerateJob, Logprob, SamplingOptions
 from worker.engine import EngineOutput, Finish, Piece
 from worker.llama.grammar import grammar_for
@@ -26,7 +27,6 @@ from worker.llama.model import Runtime
 from worker.llama.prompt import Vocab, build
 from worker.llama.sampling import Sampler, logprob, resolve
 from worker.modelinfo import Description
-from worker.templates import thinking_enabled
 from worker.textstream import TextStream
 
 THINK_END = "</think>"
@@ -46,11 +46,8 @@ class Sequence:
         self.keep = min(len(self.tokens) if num_keep < 0 else max(num_keep, 1), n_ctx // 2)
         self._grammar = grammar_for(job.format)
         # a thinking model reasons freely first; the grammar applies from </think> on
-        self._deferred = (
-            self._grammar is not None
-            and "thinking" in desc.template.capabilities
-            and thinking_enabled(job.think)
-        )
+        capable = "thinking" in desc.template.capabilities
+        self._deferred = self._grammar is not None and thinking.enabled(job.think, capable=capable)
         self._sampler: Sampler | None = Sampler(
             runtime,
             opts,
