@@ -25,8 +25,9 @@ from redis.exceptions import RedisError
 from shared import keys
 from shared.errors import EngineFailure, ErrorType, HerdError
 from shared.messages import GenerateJob
+from worker.embeddings import shape_embeddings
 from worker.engine import Engine, Finish
-from worker.postprocess import Chunk, Postprocessor, shape_embeddings
+from worker.postprocess import Chunk, Postprocessor
 from worker.publisher import Publisher
 from worker.residency import Residency
 

@@ -1,15 +1,14 @@
-"""Raw model text to thinking, content and tool calls; embeddings cut and normalised."""
+"""Raw model text to thinking, content and tool calls."""
 
 from __future__ import annotations
 
-import math
 import re
 
 import pytest
 
 from shared.messages import GenerateJob, Logprob, ModelAdvert
 from worker.engine import Piece
-from worker.postprocess import Chunk, Postprocessor, shape_embeddings, thinks
+from worker.postprocess import Chunk, Postprocessor, thinks
 
 
 def _run(pieces: list[str], *, thinking: bool = False, tools: bool = False) -> list[Chunk]:
@@ -198,13 +197,3 @@ def test_logprobs_of_a_call_are_not_lost() -> None:
     post = Postprocessor(thinking=False, tools=True)
     chunks = post.feed(Piece(QWEN, [Logprob(token="t", logprob=-1.0)])) + post.finish()
     assert [lp.token for c in chunks for lp in c.logprobs] == ["t"]
-
-
-def test_embeddings_are_cut_then_normalised() -> None:
-    raw = [[3.0, 4.0, 12.0], [0.0, 0.0, 0.0]]
-    shaped = shape_embeddings(raw, dimensions=2, normalize=True)
-    assert shaped[0] == pytest.approx([0.6, 0.8])
-    assert shaped[1] == [0.0, 0.0]  # a zero vector stays zero, no division by zero
-    full = shape_embeddings(raw, dimensions=None, normalize=True)
-    assert math.hypot(*full[0]) == pytest.approx(1.0) and len(full[0]) == 3
-    assert shape_embeddings(raw, dimensions=10, normalize=False) == raw
