@@ -28,7 +28,7 @@ GEMMA3_PARAMETERS: dict[str, list[Any]] = {
 class ModelSpec:
     name: str
     path: Path
-    #: A built-in chat format (``worker.templates.BUILTIN``) for GGUFs without a template.
+    #: A built-in chat format (``worker.prompts.builtin.BUILTIN``) for GGUFs without a template.
     chat_format: str | None = None
     #: The file's sha256 when known; else the engine derives a digest from the header.
     digest: str = ""

@@ -13,8 +13,10 @@ import gguf
 from shared.messages import ModelAdvert
 from worker.catalog import ModelSpec
 from worker.gguf_header import Header, fingerprint, read_header
-from worker.goprompt import GoTemplate
-from worker.templates import BUILTIN, ChatTemplate, JinjaTemplate
+from worker.prompts.builtin import BUILTIN
+from worker.prompts.go_execute import GoTemplate
+from worker.prompts.jinja import JinjaTemplate
+from worker.prompts.template import ChatTemplate
 
 #: Keys Ollama leaves out of /api/show's ``model_info``.
 HIDDEN_KEYS = frozenset({"general.name", "tokenizer.chat_template"})

@@ -16,9 +16,9 @@ from llama_cpp import _internals
 
 from shared.errors import InvalidRequest
 from shared.messages import ChatMessage, GenerateJob
-from worker.goprompt import GoTemplate
 from worker.modelinfo import Description
-from worker.templates import ChatTemplate, Rendered, job_messages
+from worker.prompts.go_execute import GoTemplate
+from worker.prompts.template import ChatTemplate, Rendered, job_messages
 
 TOO_LONG = "the prompt is longer than the context length currently available to the model"
 

@@ -1,10 +1,14 @@
+"""Chat templates: the protocol's helpers, the built-in Gemma format and a GGUF's Jinja."""
+
 from __future__ import annotations
 
 import pytest
 
 from shared.errors import InvalidRequest
 from shared.messages import ChatMessage, GenerateJob, ToolCall, ToolCallFunction
-from worker.templates import GemmaTemplate, JinjaTemplate, job_messages, template_capabilities
+from worker.prompts.builtin import GemmaTemplate
+from worker.prompts.jinja import JinjaTemplate
+from worker.prompts.template import job_messages, template_capabilities
 
 
 def test_gemma_turns_with_system_folded_into_first_user_turn() -> None:

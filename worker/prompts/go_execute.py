@@ -1,9 +1,9 @@
 """Ollama's Go-template prompt templates, executed with Ollama's ``Template.Execute`` rules.
 
-The template is translated into Jinja by ``worker.gotemplate``; this gives it Ollama's
-values (``.System``, ``.Messages`` with Go field names, ``.Tools`` printed as JSON, the
-``.Think`` flags), and renders a template without ``.Messages`` one turn at a time, the
-last turn cut right after ``{{ .Response }}`` where the model continues.
+The template is translated into Jinja by ``worker.prompts.go_translate``; this gives it
+Ollama's values (``.System``, ``.Messages`` with Go field names, ``.Tools`` printed as
+JSON, the ``.Think`` flags), and renders a template without ``.Messages`` one turn at a
+time, the last turn cut right after ``{{ .Response }}`` where the model continues.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from shared import thinking
 from shared.errors import EngineFailure
 from shared.messages import ChatMessage
 from shared.thinking import Think
-from worker import gotemplate
-from worker.templates import Rendered, template_capabilities
+from worker.prompts import go_translate
+from worker.prompts.template import Rendered, template_capabilities
 
 
 class _GoValue(dict[str, Any]):
@@ -87,9 +87,9 @@ def _go_environment() -> ImmutableSandboxedEnvironment:
 @functools.lru_cache(maxsize=64)
 def _compile(source: str, cut: bool) -> tuple[jinja2.Template, frozenset[str]]:
     try:
-        translation = gotemplate.translate(source, cut_after_response=cut)
+        translation = go_translate.translate(source, cut_after_response=cut)
         return _go_environment().from_string(translation.jinja), frozenset(translation.fields)
-    except (gotemplate.GoTemplateError, jinja2.TemplateSyntaxError) as exc:
+    except (go_translate.GoTemplateError, jinja2.TemplateSyntaxError) as exc:
         raise EngineFailure(str(exc)) from exc
 
 

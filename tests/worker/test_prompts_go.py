@@ -8,9 +8,9 @@ import pytest
 
 from shared.errors import EngineFailure
 from shared.messages import ChatMessage, ToolCall, ToolCallFunction
-from worker import gotemplate
-from worker.goprompt import GoTemplate
-from worker.templates import GEMMA_GO_TEMPLATE, GemmaTemplate
+from worker.prompts import go_translate
+from worker.prompts.builtin import GEMMA_GO_TEMPLATE, GemmaTemplate
+from worker.prompts.go_execute import GoTemplate
 
 
 def _msgs(*pairs: tuple[str, str]) -> list[ChatMessage]:
@@ -117,12 +117,12 @@ def test_literal_text_that_looks_like_jinja_stays_verbatim() -> None:
     ],
 )
 def test_unsupported_or_malformed_templates_fail_clearly(source: str, message: str) -> None:
-    with pytest.raises(gotemplate.GoTemplateError, match=message):
-        gotemplate.translate(source)
+    with pytest.raises(go_translate.GoTemplateError, match=message):
+        go_translate.translate(source)
     with pytest.raises(EngineFailure, match=message):
         GoTemplate(source)
 
 
 def test_translation_is_readable_jinja() -> None:
-    jinja = gotemplate.translate("{{ if .System }}{{ .System }}{{ end }}").jinja
+    jinja = go_translate.translate("{{ if .System }}{{ .System }}{{ end }}").jinja
     assert '{% if _root["System"] %}{{ _root["System"] }}{% endif %}' in jinja
