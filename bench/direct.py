@@ -8,7 +8,7 @@ import time
 import llama_cpp
 
 from bench.common import Config, Stream
-from worker.catalog import default_model
+from worker.model_files import default_model
 
 
 class Direct:

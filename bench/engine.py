@@ -17,7 +17,7 @@ import llama_cpp
 from llama_cpp import _logger
 
 from bench.common import Config, Stream
-from worker.catalog import default_model
+from worker.model_files import default_model
 
 #: As ``worker.llama.batch.PREFILL_BUDGET`` (not imported: the bench measures, not shares).
 PREFILL_BUDGET = 256

@@ -19,7 +19,7 @@ import orjson
 
 from bench.common import Config, Stream, wait_http
 from cli.ports import free_port
-from worker.catalog import default_model
+from worker.model_files import default_model
 
 
 def binary() -> Path | None:

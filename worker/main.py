@@ -29,8 +29,8 @@ def build_engine(settings: Settings, devices: Devices) -> Engine:
             capabilities=settings.fake_capabilities,
             slots=settings.slots,
         )
-    from worker.catalog import discover
     from worker.llama.engine import LlamaEngine
+    from worker.model_files import discover
 
     return LlamaEngine(
         discover(settings),

@@ -11,8 +11,8 @@ from typing import Any
 import gguf
 
 from shared.messages import ModelAdvert
-from worker.catalog import ModelSpec
 from worker.gguf_header import Header, fingerprint, read_header
+from worker.model_files import ModelSpec
 from worker.prompts.builtin import BUILTIN
 from worker.prompts.go_execute import GoTemplate
 from worker.prompts.jinja import JinjaTemplate

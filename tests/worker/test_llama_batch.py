@@ -12,11 +12,11 @@ import pytest_asyncio
 
 from shared.messages import ChatMessage, GenerateJob, SamplingOptions
 from tests.worker.test_llama_engine_tiny import write_tiny_llama
-from worker.catalog import ModelSpec
 from worker.engine import Finish, Piece
 from worker.llama import batch
 from worker.llama.batch import Scheduler
 from worker.llama.engine import LlamaEngine
+from worker.model_files import ModelSpec
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

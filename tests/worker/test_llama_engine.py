@@ -21,9 +21,9 @@ from shared.messages import (
     Logprob,
     SamplingOptions,
 )
-from worker.catalog import DEFAULT_MODEL, default_model
 from worker.engine import Finish, Piece
 from worker.llama.engine import LlamaEngine
+from worker.model_files import DEFAULT_MODEL, default_model
 
 # loads the real model: not for `make unit`
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.e2e]

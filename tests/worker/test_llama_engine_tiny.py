@@ -22,9 +22,9 @@ from shared.messages import (
     ToolCall,
     ToolCallFunction,
 )
-from worker.catalog import ModelSpec
 from worker.engine import Finish, Piece
 from worker.llama.engine import LlamaEngine
+from worker.model_files import ModelSpec
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

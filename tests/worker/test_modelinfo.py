@@ -13,8 +13,8 @@ import gguf
 import numpy as np
 import pytest
 
-from worker.catalog import ModelSpec, default_model
 from worker.gguf_header import fingerprint, read_header
+from worker.model_files import ModelSpec, default_model
 from worker.modelinfo import describe, human_number, model_info
 
 TOOLS_TEMPLATE = (

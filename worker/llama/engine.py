@@ -24,7 +24,6 @@ import structlog
 
 from shared.errors import EngineFailure, HerdError, ModelNotFound
 from shared.messages import GenerateJob, LoadedModel, LoadOptions, ModelAdvert
-from worker.catalog import ModelSpec
 from worker.devices import host_memory
 from worker.engine import Embeddings, EngineOutput, Finish, Piece
 from worker.gguf_header import read_header
@@ -33,6 +32,7 @@ from worker.llama.embed import embed
 from worker.llama.model import LoadParams, Runtime, auto_slots, gpu_offload_supported
 from worker.llama.prompt import Vocab
 from worker.llama.sequence import Sequence
+from worker.model_files import ModelSpec
 from worker.modelinfo import Description, describe, model_info
 
 log = structlog.get_logger()
