@@ -25,6 +25,9 @@ class Piece:
 
     text: str
     logprobs: list[Logprob] | None = None
+    #: On an answer's first piece: the prompt ended inside a thinking block (a template
+    #: that writes ``<think>`` itself), so the answer's text up to ``</think>`` is thinking.
+    thinking_opened: bool = False
 
 
 @dataclass(frozen=True)

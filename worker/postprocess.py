@@ -1,7 +1,8 @@
 """From an engine's raw pieces to the chunks the client sees, for every engine alike.
 
 - Thinking, when it is on (``shared.thinking.enabled``): ``worker.thinkblock`` splits the
-  block at the start of the answer out as ``thinking``.
+  block at the start of the answer out as ``thinking``; when the engine's first piece says
+  the prompt opened the block (``Piece.thinking_opened``), the answer starts inside it.
 - Tool calls (when the job has tools): ``worker.toolcalls`` finds them in the content;
   each comes out as its own chunk with empty text.
 - Logprobs ride on the first chunk emitted after their piece (text can be held back).
@@ -40,8 +41,8 @@ def thinks(job: GenerateJob, advert: ModelAdvert | None) -> bool:
 class Postprocessor:
     """Turns engine pieces into chunks; ``finish`` flushes what was held back."""
 
-    def __init__(self, *, thinking: bool, tools: bool, opened: bool = False) -> None:
-        self._thinking = ThinkingSplitter(opened=opened) if thinking else None
+    def __init__(self, *, thinking: bool, tools: bool) -> None:
+        self._thinking = ThinkingSplitter() if thinking else None
         self._tools = ToolCallParser() if tools else None
         self._logprobs: list[Logprob] = []
 
@@ -50,6 +51,8 @@ class Postprocessor:
         return cls(thinking=thinks(job, advert), tools=bool(job.tools))
 
     def feed(self, piece: Piece) -> list[Chunk]:
+        if piece.thinking_opened and self._thinking is not None:
+            self._thinking.open()  # the prompt opened the block: its text is thinking
         self._logprobs += piece.logprobs or []
         return self._chunks(piece.text, final=False)
 

@@ -3,7 +3,7 @@
 Text between ``<think>`` and ``</think>`` at the start of the answer is thinking, the rest
 content. Whitespace around the block goes, as in Ollama's parser; tags split across pieces
 are held back until complete. A prompt that already ended with ``<think>`` (some templates
-open the block themselves) starts the answer inside it: ``opened``.
+open the block themselves) starts the answer inside it: ``open`` says so before any text.
 """
 
 from __future__ import annotations
@@ -19,11 +19,15 @@ _Phase = Literal["opening", "thinking", "after", "content"]
 class ThinkingSplitter:
     """Splits text into (thinking, content) as it streams."""
 
-    def __init__(self, *, opened: bool = False) -> None:
-        #: ``opened``: the prompt already ended with ``<think>`` (some templates do that).
-        self._phase: _Phase = "thinking" if opened else "opening"
+    def __init__(self) -> None:
+        self._phase: _Phase = "opening"
         self._buf = ""
-        self._eat = opened  # drop whitespace right after the opening tag
+        self._eat = False  # drop whitespace right after the opening tag
+
+    def open(self) -> None:
+        """The prompt ended with ``<think>``: the answer starts inside the block."""
+        if self._phase == "opening" and not self._buf:
+            self._phase, self._eat = "thinking", True
 
     def feed(self, text: str, *, final: bool = False) -> tuple[str, str]:
         self._buf += text

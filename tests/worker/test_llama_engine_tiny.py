@@ -25,6 +25,7 @@ from shared.messages import (
 from worker.engine import Finish, Piece
 from worker.llama.engine import LlamaEngine
 from worker.model_files import ModelSpec
+from worker.postprocess import Postprocessor
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -204,6 +205,28 @@ async def test_format_waits_for_the_end_of_thinking(engine: LlamaEngine) -> None
     unconstrained, _ = await run(engine, job(kind="chat", messages=messages, options=options))
     assert "</think>" not in unconstrained  # so all of it is thinking
     assert thinking == unconstrained != constrained
+
+
+async def test_a_prompt_that_opens_thinking_makes_the_answer_thinking(
+    engine: LlamaEngine,
+) -> None:
+    options = SamplingOptions(temperature=0, num_predict=12)
+    messages = [ChatMessage(role="user", content="JSON please")]
+    request = job(kind="chat", messages=messages, options=options)  # the prompt ends in <think>
+    pieces = [o async for o in engine.generate(request) if isinstance(o, Piece)]
+    assert [p.thinking_opened for p in pieces] == [True] + [False] * (len(pieces) - 1)
+    raw = "".join(p.text for p in pieces)
+    assert raw.strip() and "</think>" not in raw  # the answer never closes the block
+    [advert] = engine.models()
+    post = Postprocessor.for_job(request, advert)
+    chunks = [c for p in pieces for c in post.feed(p)] + post.finish()
+    assert "".join(c.thinking for c in chunks) == raw.lstrip()
+    assert "".join(c.text for c in chunks) == ""
+    # told not to think, the template opens no block and the text is content
+    unopened = job(kind="chat", messages=messages, options=options, think=False)
+    assert not any(
+        [o.thinking_opened async for o in engine.generate(unopened) if isinstance(o, Piece)]
+    )
 
 
 async def test_embeddings_of_a_causal_model(engine: LlamaEngine) -> None:

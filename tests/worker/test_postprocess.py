@@ -71,6 +71,23 @@ def test_unclosed_thinking_stays_thinking() -> None:
     assert _thinking(chunks) == "cut off </thi" and _text(chunks) == ""
 
 
+@pytest.mark.parametrize("pieces", _split_everywhere("\nI ponder.\n</think>\n\nAnswer."))
+def test_a_prompt_that_opened_thinking_makes_the_text_before_the_end_tag_thinking(
+    pieces: list[str],
+) -> None:
+    post = Postprocessor(thinking=True, tools=False)
+    first, rest = pieces
+    chunks = post.feed(Piece(first, thinking_opened=True)) + post.feed(Piece(rest))
+    chunks += post.finish()
+    assert _thinking(chunks) == "I ponder." and _text(chunks) == "Answer."
+
+
+def test_an_opened_block_is_content_when_thinking_is_off() -> None:
+    post = Postprocessor(thinking=False, tools=False)
+    chunks = post.feed(Piece("I ponder.</think>Answer.", thinking_opened=True)) + post.finish()
+    assert _text(chunks) == "I ponder.</think>Answer." and _thinking(chunks) == ""
+
+
 def test_who_thinks() -> None:
     job = GenerateJob(
         request_id="r", model="m", kind="chat", enqueued_at_ms=0, deadline_ms=1, think=None

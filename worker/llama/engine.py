@@ -228,7 +228,7 @@ class LlamaEngine:
 
 def _join(a: Piece, b: Piece) -> Piece:
     logprobs = [*(a.logprobs or []), *(b.logprobs or [])]
-    return Piece(a.text + b.text, logprobs or None)
+    return Piece(a.text + b.text, logprobs or None, a.thinking_opened or b.thinking_opened)
 
 
 def _same_load(params: LoadParams, options: LoadOptions, engine: LlamaEngine, name: str) -> bool:

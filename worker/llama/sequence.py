@@ -57,9 +57,11 @@ class Sequence:
         self._stream = TextStream([*prompt.stops, *(opts.stop or [])])
         self.generated: list[int] = []
         self._pending: list[Logprob] = []
-        # the template may open the reasoning itself (the prompt ends with <think>)
+        # the template may open the reasoning itself (the prompt ends with <think>): the
+        # first piece says so, for the postprocessor
         tail = b"".join(vocab.piece(t, True) for t in self.tokens[-4:]).decode(errors="ignore")
-        self._text = "<think>" if tail.rstrip().endswith("<think>") else ""
+        self._opened = tail.rstrip().endswith("<think>")
+        self._text = "<think>" if self._opened else ""
         self.limit = _limit(opts, n_ctx)
         # set by the scheduler
         self.started_ns = 0
@@ -86,8 +88,7 @@ class Sequence:
         piece = self._stream.feed(self._vocab.piece(token))
         out: list[EngineOutput] = []
         if piece or (self._pending and self._stream.stopped):
-            out.append(Piece(piece, self._pending or None))
-            self._pending = []
+            out.append(self._piece(piece))
         if self._stream.stopped:
             return out + self._finish("stop")
         if self._deferred:
@@ -120,8 +121,7 @@ class Sequence:
         out: list[EngineOutput] = []
         rest = self._stream.finish()
         if rest or self._pending:
-            out.append(Piece(rest, self._pending or None))
-            self._pending = []
+            out.append(self._piece(rest))
         ended = time.perf_counter_ns()
         first = self.first_ns or ended
         out.append(
@@ -136,6 +136,12 @@ class Sequence:
             )
         )
         return out
+
+    def _piece(self, text: str) -> Piece:
+        """A piece with the logprobs pending; the first one says whether thinking opened."""
+        piece = Piece(text, self._pending or None, thinking_opened=self._opened)
+        self._pending, self._opened = [], False
+        return piece
 
     def close(self) -> None:
         if self._sampler is not None:
