@@ -28,7 +28,7 @@ from shared.messages import GenerateJob
 from worker.embeddings import shape_embeddings
 from worker.engine import Engine, Finish
 from worker.postprocess import Chunk, Postprocessor
-from worker.publisher import Publisher
+from worker.publisher import Batcher, Publisher
 from worker.residency import Residency
 
 log = structlog.get_logger()
@@ -44,13 +44,14 @@ class JobRunner:
         refresh_advert: Callable[[], Awaitable[None]],
     ) -> None:
         self._client = client
+        self._batcher = Batcher(client)
         self._engine = engine
         self._residency = residency
         self._worker_id = worker_id
         self._refresh_advert = refresh_advert
 
     async def run(self, job: GenerateJob, attempt: int) -> None:
-        publisher = Publisher(self._client, job.request_id, attempt)
+        publisher = Publisher(self._batcher, job.request_id, attempt)
         started = time.perf_counter()
         outcome = "dropped"
         try:

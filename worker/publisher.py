@@ -1,7 +1,14 @@
-"""Publishing one job's chunk events, numbered, on its request's token channel."""
+"""Publishing one job's chunk events, numbered, on its request's token channel.
+
+Every job of a worker publishes through one ``Batcher``: the PUBLISHes that jobs queue
+while the event loop runs (a batch step hands a token to every running sequence at once)
+go to Redis in one pipeline, one write and one read, not a round trip each. A job awaits
+its PUBLISH before it sends the next, so a channel's events keep their order.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 
 from redis.asyncio import Redis
@@ -20,8 +27,46 @@ from shared.messages import (
 from worker.engine import Finish
 
 
+class Batcher:
+    """PUBLISH, sent together with whatever else was queued in the same loop turn."""
+
+    def __init__(self, client: Redis) -> None:
+        self._client = client
+        self._queued: list[tuple[str, bytes, asyncio.Future[int]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def publish(self, channel: str, message: bytes) -> int:
+        """How many subscribers received ``message``."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queued.append((channel, message, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            await asyncio.sleep(0)  # let the other ready jobs queue theirs
+            while self._queued:
+                queued, self._queued = self._queued, []
+                try:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for channel, message, _ in queued:
+                            pipe.publish(channel, message)
+                        replies = await pipe.execute()
+                except Exception as exc:  # each waiting job hears of it
+                    for *_, future in queued:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (*_, future), receivers in zip(queued, replies, strict=True):
+                    if not future.done():
+                        future.set_result(int(receivers))
+        finally:
+            self._flusher = None
+
+
 class Publisher:
-    def __init__(self, client: Redis, request_id: str, attempt: int) -> None:
+    def __init__(self, client: Batcher, request_id: str, attempt: int) -> None:
         self._client = client
         self._channel = keys.token_channel(request_id)
         self.request_id = request_id
