@@ -1,0 +1,47 @@
+"""Publishing through the worker's one ``Batcher``, against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis.asyncio import Redis
+
+from tests.polling import until
+from worker.publisher import Batcher
+
+
+async def test_publishes_queued_together_arrive_in_order_with_their_receiver_counts(
+    redis: Redis,
+) -> None:
+    batcher = Batcher(redis)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe("one")
+    await pubsub.get_message(timeout=1)  # the subscribe confirmation
+    got: list[bytes] = []
+
+    async def listen() -> None:
+        while len(got) < 50:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message is not None:
+                got.append(message["data"])
+
+    listener = asyncio.create_task(listen())
+    receivers = await asyncio.gather(
+        *(batcher.publish("one", str(i).encode()) for i in range(50)),
+        batcher.publish("nobody", b"x"),
+    )
+    assert receivers == [1] * 50 + [0]
+    await until(lambda: listener.done(), message="not every message arrived")
+    assert got == [str(i).encode() for i in range(50)]
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+async def test_a_redis_failure_reaches_every_waiting_job(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    batcher = Batcher(client)
+    await client.aclose()
+    client.connection_pool.connection_kwargs["port"] = 1  # nothing listens there
+    results = await asyncio.gather(
+        *(batcher.publish("c", b"m") for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, Exception) for r in results)
