@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import orjson
 
+from shared import thinking
 from shared.errors import EngineFailure, InvalidRequest
 from shared.messages import GenerateJob, LoadedModel, LoadOptions, Logprob, ModelAdvert, TopLogprob
 from worker.engine import Embeddings, EngineOutput, Finish, Piece
@@ -175,7 +176,7 @@ class FakeEngine:
     def _pieces(self, job: GenerateJob) -> list[str]:
         advert = next(m for m in self._models if m.name == job.model)
         pieces: list[str] = []
-        if job.think and "thinking" in advert.capabilities:
+        if thinking.requested(job.think) and "thinking" in advert.capabilities:
             pieces += ["<thi", "nk>Fake ", "thoughts.</th", "ink>"]
         last = job.messages[-1].role if job.messages else ""
         if job.tools and last != "tool":
