@@ -124,8 +124,8 @@ class Worker:
         claim = asyncio.create_task(self._claim_loop(), name="claim")
         await self._stopping.wait()
         claim.cancel()  # a job claimed mid-read stays pending for another worker to take
-        with contextlib.suppress(asyncio.CancelledError):
-            await claim
+        # redis-py can sit in a cancelled read (seen in tests): never let it hold the drain
+        await asyncio.wait({claim}, timeout=keys.BLOCK_MS / 1000 + 1)
         await self._drain()
         for task in background:
             task.cancel()
