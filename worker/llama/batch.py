@@ -65,8 +65,39 @@ class Outbox:
     cancel: threading.Event = field(default_factory=threading.Event)
 
     def put(self, item: EngineOutput | BaseException | object) -> None:
+        """Queue ``item`` for the reader; it reaches the event loop at the next ``post``."""
+        _outgoing().append((self, item))
+
+
+def _outgoing() -> list[tuple[Outbox, object]]:
+    """What this thread has queued for event loops since its last ``post``."""
+    pending: list[tuple[Outbox, object]] | None = getattr(_local, "pending", None)
+    if pending is None:
+        pending = _local.pending = []
+    return pending
+
+
+def post() -> None:
+    """Hand everything this thread queued to the event loops: one wake-up per loop per
+    step, not one per sequence (each wake-up is a write to the loop's self-pipe)."""
+    pending = _outgoing()
+    if not pending:
+        return
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Outbox, object]]] = {}
+    for out, item in pending:
+        by_loop.setdefault(out.loop, []).append((out, item))
+    pending.clear()
+    for loop, items in by_loop.items():
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody reads
-            self.loop.call_soon_threadsafe(self.items.put_nowait, item)
+            loop.call_soon_threadsafe(_deliver, items)
+
+
+def _deliver(items: list[tuple[Outbox, object]]) -> None:
+    for out, item in items:
+        out.items.put_nowait(item)
+
+
+_local = threading.local()
 
 
 @dataclass(eq=False)
@@ -185,7 +216,9 @@ class Scheduler:
                         work.out.cancel.set()
                 self._drop_cancelled()
                 self._admit()
-                if self._running and not self._step():
+                stepped = bool(self._running) and self._step()
+                post()
+                if self._running and not stepped:
                     # every sequence waits for its reader: wait for one to catch up
                     self._wake.wait(0.05)
                     self._wake.clear()
@@ -196,6 +229,7 @@ class Scheduler:
         finally:
             for work in [*self._waiting, *self._running]:
                 self._end(work, Unavailable(UNLOADED))
+            post()
             self.runtime.close()
             self._closed.set()
 
