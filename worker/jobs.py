@@ -122,6 +122,10 @@ class JobRunner:
                         return "cancelled"  # nobody listens any more: the client went away
                 if isinstance(output, Finish):
                     await publisher.done(output)
+                    # the prompt tokens a slot's cache saved (Ollama's counts include them)
+                    structlog.contextvars.bind_contextvars(
+                        prompt_tokens=output.n_prompt_tokens, cached_tokens=output.n_cached
+                    )
                     return output.done_reason
         finally:
             await outputs.aclose()  # type: ignore[attr-defined]
