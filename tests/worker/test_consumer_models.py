@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
 from datetime import datetime
 
 import orjson
@@ -26,6 +25,7 @@ from shared.messages import (
     TokenEvent,
 )
 from tests.conftest import WorkerFactory, make_job, read_advert, run_job
+from tests.polling import until
 from worker.consumer import Worker
 from worker.fake_engine import REPLY, THOUGHTS, FakeEngine
 
@@ -39,18 +39,6 @@ def _engine(worker: Worker) -> FakeEngine:
 
 async def _loaded(redis: Redis, worker_id: str) -> dict[str, LoadedModel]:
     return {m.name: m for m in (await read_advert(redis, worker_id)).loaded}
-
-
-async def _until(check: Callable[[], object], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def _unload_request(redis: Redis, worker_id: str, model: str) -> None:
@@ -86,8 +74,8 @@ async def test_a_job_loads_its_model_first(worker: WorkerFactory, redis: Redis) 
 async def test_keep_alive_zero_unloads_after_the_job(worker: WorkerFactory, redis: Redis) -> None:
     w = await worker(worker_id="w", fake_models=MODELS)
     await run_job(redis, make_job("b:1", keep_alive_s=0))
-    await _until(lambda: "b:1" not in {m.name for m in _engine(w).loaded()})
-    await _until(lambda: _missing(redis, "w", "b:1"))
+    await until(lambda: "b:1" not in {m.name for m in _engine(w).loaded()})
+    await until(lambda: _missing(redis, "w", "b:1"))
 
 
 async def _missing(redis: Redis, worker_id: str, model: str) -> bool:
@@ -102,7 +90,7 @@ async def test_keep_alive_expires_after_it_elapses(worker: WorkerFactory, redis:
     assert 0.5 < (expires - datetime.now().astimezone()).total_seconds() <= 1.0
     await asyncio.sleep(0.5)
     assert "b:1" in await _loaded(redis, "w")
-    await _until(lambda: _missing(redis, "w", "b:1"), timeout_s=3)
+    await until(lambda: _missing(redis, "w", "b:1"), timeout_s=3)
     assert time.monotonic() - idle >= 1.0
 
 
@@ -116,9 +104,9 @@ async def test_negative_keep_alive_keeps_it_forever(worker: WorkerFactory, redis
 async def test_an_unload_request_unloads_an_idle_model(worker: WorkerFactory, redis: Redis) -> None:
     w = await worker(worker_id="w", fake_models=MODELS)
     await _unload_request(redis, "w", "a:1")
-    await _until(lambda: _missing(redis, "w", "a:1"))
+    await until(lambda: _missing(redis, "w", "a:1"))
     assert _engine(w).history[-1] == ("unload", "a:1")
-    await _until(lambda: _stream_empty(redis, "w"))  # handled messages are removed
+    await until(lambda: _stream_empty(redis, "w"))  # handled messages are removed
 
 
 async def _stream_empty(redis: Redis, worker_id: str) -> bool:
@@ -130,24 +118,24 @@ async def test_an_unload_request_waits_for_the_running_job(
 ) -> None:
     w = await worker(worker_id="w", fake_models=MODELS, num_parallel=1, fake_token_delay_s=0.05)
     running = asyncio.create_task(run_job(redis, make_job("a:1")))
-    await _until(lambda: w.active_jobs == 1)
+    await until(lambda: w.active_jobs == 1)
     await _unload_request(redis, "w", "b:1")  # not loaded: ignored
     await _unload_request(redis, "w", "a:1")
-    await _until(lambda: _stream_empty(redis, "w"))  # read although no job slot is free
+    await until(lambda: _stream_empty(redis, "w"))  # read although no job slot is free
     assert "a:1" in await _loaded(redis, "w")
     assert ("unload", "a:1") not in _engine(w).history
     events = await running
     assert isinstance(events[-1], DoneEvent) and events[-1].done_reason == "stop"
-    await _until(lambda: _missing(redis, "w", "a:1"))
+    await until(lambda: _missing(redis, "w", "a:1"))
 
 
 async def test_an_advert_counts_busy_jobs(worker: WorkerFactory, redis: Redis) -> None:
     w = await worker(worker_id="w", fake_models=MODELS, num_parallel=2, fake_token_delay_s=0.05)
     jobs = [asyncio.create_task(run_job(redis, make_job("a:1"))) for _ in range(2)]
-    await _until(lambda: w.active_jobs == 2)
-    await _until(lambda: _busy(redis, "w", "a:1", 2))
+    await until(lambda: w.active_jobs == 2)
+    await until(lambda: _busy(redis, "w", "a:1", 2))
     await asyncio.gather(*jobs)
-    await _until(lambda: _busy(redis, "w", "a:1", 0))
+    await until(lambda: _busy(redis, "w", "a:1", 0))
 
 
 async def _busy(redis: Redis, worker_id: str, model: str, count: int) -> bool:
@@ -177,7 +165,7 @@ async def test_the_model_cap_never_evicts_a_busy_model(worker: WorkerFactory, re
     await run_job(redis, make_job("b:1", kind="load", messages=[], keep_alive_s=600))
     # a:1 expires first (5 min default vs 10 min) but is busy: b:1 goes instead
     running = asyncio.create_task(run_job(redis, make_job("a:1")))
-    await _until(lambda: _busy(redis, "w", "a:1", 1))
+    await until(lambda: _busy(redis, "w", "a:1", 1))
     await run_job(redis, make_job("c:1", kind="load", messages=[]))
     assert set(await _loaded(redis, "w")) == {"a:1", "c:1"}
     assert ("unload", "a:1") not in _engine(w).history
@@ -189,7 +177,7 @@ async def test_other_load_options_reload(worker: WorkerFactory, redis: Redis) ->
     events = await run_job(redis, make_job("a:1", load=LoadOptions(num_ctx=8192)))
     assert isinstance(events[-1], DoneEvent)
     assert _engine(w).history == [("load", "a:1"), ("load", "a:1")]  # reloaded in place
-    await _until(lambda: _context(redis, "w", "a:1", 8192))
+    await until(lambda: _context(redis, "w", "a:1", 8192))
 
 
 async def _context(redis: Redis, worker_id: str, model: str, n_ctx: int) -> bool:
@@ -286,10 +274,10 @@ async def test_stopping_removes_the_control_stream(worker: WorkerFactory, redis:
     w = await worker(worker_id="w", fake_models=MODELS)
     await redis.xadd(keys.control_stream("w"), {"junk": b"1"})  # not a message: skipped
     await _unload_request(redis, "w", "a:1")
-    await _until(lambda: _missing(redis, "w", "a:1"))
+    await until(lambda: _missing(redis, "w", "a:1"))
     w.stop()
-    await _until(lambda: not w.ready)
-    await _until(lambda: _gone(redis, keys.control_stream("w")))
+    await until(lambda: not w.ready)
+    await until(lambda: _gone(redis, keys.control_stream("w")))
 
 
 async def _gone(redis: Redis, key: str) -> bool:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import pytest
 
 from shared.messages import LoadOptions
+from tests.polling import until
 from worker.fake_engine import FakeEngine
 from worker.residency import Residency
 
@@ -55,14 +56,6 @@ async def _use(
         pass
 
 
-async def _until(condition: Callable[[], bool], timeout_s: float = 3.0) -> None:
-    async def wait() -> None:
-        while not condition():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(wait(), timeout_s)
-
-
 def _expires(residency: Residency, name: str) -> datetime:
     model = next(m for m in residency.loaded() if m.name == name)
     return datetime.fromisoformat(model.expires_at)
@@ -80,7 +73,7 @@ async def test_keep_alive_zero_unloads_as_soon_as_idle() -> None:
     async with _holding(residency, "a", keep_alive=0):
         await asyncio.sleep(0.05)
         assert residency.resident() == ["a"]  # never while a job runs
-    await _until(lambda: not residency.resident())
+    await until(lambda: not residency.resident())
     assert engine.history == [("load", "a"), ("unload", "a")]
     assert engine.loaded() == []
 
@@ -95,14 +88,14 @@ async def test_keep_alive_expires_after_the_idle_period() -> None:
     assert timedelta(seconds=0.2) < expires - idle_at < timedelta(seconds=0.4)
     await asyncio.sleep(0.15)
     assert residency.resident() == ["a"]
-    await _until(lambda: not residency.resident(), timeout_s=1)
+    await until(lambda: not residency.resident(), timeout_s=1)
 
 
 async def test_a_job_without_keep_alive_keeps_the_session_duration() -> None:
     _, residency = _setup(["a"], keep_alive_s=300)
     await _use(residency, "a", keep_alive=0.3)
     await _use(residency, "a")  # None: still 0.3 s, not the 300 s default
-    await _until(lambda: not residency.resident(), timeout_s=1)
+    await until(lambda: not residency.resident(), timeout_s=1)
 
 
 async def test_a_new_job_cancels_a_pending_expiry() -> None:
@@ -138,7 +131,7 @@ async def test_expire_unloads_an_idle_model_at_once() -> None:
     engine, residency = _setup(["a"])
     await _use(residency, "a", keep_alive=-1)
     residency.expire("a")
-    await _until(lambda: not residency.resident())
+    await until(lambda: not residency.resident())
     assert engine.history[-1] == ("unload", "a")
     residency.expire("not-loaded")  # nothing to do, no error
 
@@ -149,7 +142,7 @@ async def test_expire_waits_for_a_busy_model() -> None:
         residency.expire("a")
         await asyncio.sleep(0.1)
         assert residency.resident() == ["a"]
-    await _until(lambda: not residency.resident())
+    await until(lambda: not residency.resident())
 
 
 async def test_eviction_picks_the_idle_model_expiring_first() -> None:
@@ -220,7 +213,7 @@ async def test_no_job_attaches_to_a_model_while_it_reloads() -> None:
     engine, residency = _setup(["a"], load_delay_s=0.3)
     await _use(residency, "a")
     reload = asyncio.create_task(_use(residency, "a", LoadOptions(num_ctx=2048)))
-    await _until(lambda: len(engine.history) == 1 and reload.done() is False)
+    await until(lambda: len(engine.history) == 1 and reload.done() is False)
     await asyncio.sleep(0.05)  # the reload is inside engine.load now
     old = asyncio.create_task(_use(residency, "a"))
     await asyncio.sleep(0.1)
@@ -244,7 +237,7 @@ async def test_preloaded_models_are_adopted_with_the_default_keep_alive() -> Non
     await engine.start()
     residency.adopt_preloaded()
     assert residency.resident() == ["a"]
-    await _until(lambda: not residency.resident(), timeout_s=1)
+    await until(lambda: not residency.resident(), timeout_s=1)
     assert engine.loaded() == []
     await residency.close()
 
@@ -256,4 +249,4 @@ async def test_changes_are_reported() -> None:
         engine, max_loaded=1, default_keep_alive_s=1, on_change=lambda: changes.append(1)
     )
     await _use(residency, "a", keep_alive=0)
-    await _until(lambda: len(changes) == 2)  # loaded, then unloaded
+    await until(lambda: len(changes) == 2)  # loaded, then unloaded
