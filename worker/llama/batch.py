@@ -1,5 +1,6 @@
 """Continuous batching: one thread owns a loaded model and decodes every running
-sequence of it together, one ``llama_decode`` per step.
+sequence of it together: each step, one ``llama_decode`` for all of their next tokens
+(and one more for a piece of prompt, when a sequence is still reading its own).
 
 Each step:
 
@@ -69,6 +70,9 @@ class Outbox:
         _outgoing().append((self, item))
 
 
+_local = threading.local()
+
+
 def _outgoing() -> list[tuple[Outbox, object]]:
     """What this thread has queued for event loops since its last ``post``."""
     pending: list[tuple[Outbox, object]] | None = getattr(_local, "pending", None)
@@ -95,9 +99,6 @@ def post() -> None:
 def _deliver(items: list[tuple[Outbox, object]]) -> None:
     for out, item in items:
         out.items.put_nowait(item)
-
-
-_local = threading.local()
 
 
 @dataclass(eq=False)
