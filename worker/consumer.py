@@ -64,6 +64,8 @@ class Worker:
         self.devices = devices if devices is not None else Devices()
         self.advertiser = Advertiser(client, self.id, engine.name, settings.heartbeat_ttl_s)
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Each served model's job stream (the engine's models are fixed at start).
+        self._models_by_stream = {keys.job_stream(m.name): m.name for m in engine.models()}
         #: Jobs claimed per model and not finished yet.
         self._inflight: dict[str, int] = {}
         self._capacity = asyncio.Event()
@@ -87,7 +89,7 @@ class Worker:
 
     @property
     def streams(self) -> list[str]:
-        return [keys.job_stream(m.name) for m in self.engine.models()]
+        return list(self._models_by_stream)
 
     def capacity(self, model: str) -> int:
         """Jobs of ``model`` this worker could start now."""
@@ -150,7 +152,7 @@ class Worker:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _claim_loop(self) -> None:
-        models = {keys.job_stream(m.name): m.name for m in self.engine.models()}
+        models = self._models_by_stream
         next_reclaim = 0.0
         while True:
             free = {s: c for s, m in models.items() if (c := self.capacity(m)) > 0}
@@ -186,7 +188,7 @@ class Worker:
                     self._spawn(stream.decode(), entry_id.decode(), fields, attempt=1)
 
     def _spawn(self, stream: str, entry_id: str, fields: dict[bytes, bytes], attempt: int) -> None:
-        model = next(m.name for m in self.engine.models() if keys.job_stream(m.name) == stream)
+        model = self._models_by_stream[stream]
         self._inflight[model] = self._inflight.get(model, 0) + 1
         task = asyncio.create_task(self._handle(stream, entry_id, fields, attempt))
         self._tasks.add(task)

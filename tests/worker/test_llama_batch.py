@@ -13,7 +13,7 @@ import pytest_asyncio
 from shared.messages import ChatMessage, GenerateJob, SamplingOptions
 from tests.worker.test_llama_engine_tiny import write_tiny_llama
 from worker.engine import Finish, Piece
-from worker.llama import batch
+from worker.llama import batch, pieces
 from worker.llama.batch import Scheduler
 from worker.llama.engine import LlamaEngine
 from worker.model_files import ModelSpec
@@ -127,7 +127,7 @@ async def test_a_chats_next_turn_reuses_its_slot(engine: LlamaEngine) -> None:
     assert shared > first.n_prompt_tokens // 2  # the templates agree on most of turn one
     # what the slot read as a prompt is reused (its answer, decoded token by token, is not:
     # a fresh read would round differently), all but a last piece read again
-    assert second.n_cached == min(shared, second.n_prompt_tokens - batch.MIN_PIECE)
+    assert second.n_cached == min(shared, second.n_prompt_tokens - pieces.MIN_PIECE)
     assert second.n_cached > 0
 
 
@@ -206,4 +206,4 @@ async def test_memory_follows_the_books_after_reuse(engine: LlamaEngine) -> None
     ],
 )
 async def test_prompt_pieces_are_never_short(remaining: int, budget: int, size: int) -> None:
-    assert batch.piece_size(remaining, budget) == size
+    assert pieces.piece_size(remaining, budget) == size

@@ -18,7 +18,7 @@ Each step:
    never depend on how a prompt was split (``MIN_PIECE``): with a seed, an answer is the
    same whether its prompt was cached, and whatever ran beside it.
 
-A sequence whose reader lags (``HANDOFF_LIMIT`` items unread) sits out steps until it
+A sequence whose reader lags (``outbox.HANDOFF_LIMIT`` items unread) sits out steps until it
 catches up: the thread never blocks on one client. A failure of one sequence ends that
 request alone; a failed decode fails the sequences in that batch. Embeddings take a slot
 too and run alone between steps.
@@ -26,8 +26,6 @@ too and run alone between steps.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import queue
 import threading
 import time
@@ -41,64 +39,15 @@ from shared.errors import EngineFailure, HerdError, Unavailable
 from shared.messages import LoadedModel
 from worker.engine import EngineOutput
 from worker.llama.model import Runtime
+from worker.llama.outbox import DONE, Outbox, post
+from worker.llama.pieces import MIN_PIECE, piece_size
 from worker.llama.sequence import Sequence
 
 log = structlog.get_logger()
 
-#: Items a sequence may run ahead of its reader before it sits out steps.
-HANDOFF_LIMIT = 64
 #: Prompt tokens per step while other sequences decode (the largest pause they see).
 PREFILL_BUDGET = 256
-#: The end of a request's outputs.
-DONE = object()
 UNLOADED = "the model was unloaded before the answer finished"
-
-
-@dataclass(eq=False)
-class Outbox:
-    """What one request's work hands to the event loop, and its cancel flag."""
-
-    loop: asyncio.AbstractEventLoop
-    items: asyncio.Queue[EngineOutput | BaseException | object] = field(
-        default_factory=asyncio.Queue
-    )
-    space: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(HANDOFF_LIMIT))
-    cancel: threading.Event = field(default_factory=threading.Event)
-
-    def put(self, item: EngineOutput | BaseException | object) -> None:
-        """Queue ``item`` for the reader; it reaches the event loop at the next ``post``."""
-        _outgoing().append((self, item))
-
-
-_local = threading.local()
-
-
-def _outgoing() -> list[tuple[Outbox, object]]:
-    """What this thread has queued for event loops since its last ``post``."""
-    pending: list[tuple[Outbox, object]] | None = getattr(_local, "pending", None)
-    if pending is None:
-        pending = _local.pending = []
-    return pending
-
-
-def post() -> None:
-    """Hand everything this thread queued to the event loops: one wake-up per loop per
-    step, not one per sequence (each wake-up is a write to the loop's self-pipe)."""
-    pending = _outgoing()
-    if not pending:
-        return
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Outbox, object]]] = {}
-    for out, item in pending:
-        by_loop.setdefault(out.loop, []).append((out, item))
-    pending.clear()
-    for loop, items in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody reads
-            loop.call_soon_threadsafe(_deliver, items)
-
-
-def _deliver(items: list[tuple[Outbox, object]]) -> None:
-    for out, item in items:
-        out.items.put_nowait(item)
 
 
 @dataclass(eq=False)
@@ -460,25 +409,6 @@ class Scheduler:
         work.out.put(DONE)
         with self._lock:
             self._busy -= 1
-
-
-#: The fewest prompt tokens evaluated in one piece (but for a prompt shorter than this).
-#: Measured on gemma3:270m: a prompt read in pieces of 8 tokens or more gives the same
-#: logits to the bit as read whole; smaller pieces (a short tail after a cached prefix,
-#: tokens fed one by one) do not. So an answer does not depend on how its prompt was split:
-#: by what its slot had cached, or by the step budget.
-MIN_PIECE = 8
-
-
-def piece_size(remaining: int, budget: int) -> int:
-    """How many of a sequence's ``remaining`` prompt tokens to evaluate this step: up to
-    ``budget``, never a piece (nor a rest) shorter than ``MIN_PIECE``."""
-    size = min(remaining, budget)
-    if size < remaining and remaining - size < MIN_PIECE:
-        size = remaining - MIN_PIECE  # leave a whole piece
-        if size < MIN_PIECE:  # too short to split: all of it (a little over budget)
-            size = remaining
-    return max(size, min(remaining, MIN_PIECE))
 
 
 def _reusable(slot: _Slot, tokens: list[int]) -> int:

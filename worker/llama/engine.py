@@ -27,9 +27,10 @@ from shared.messages import GenerateJob, LoadedModel, LoadOptions, ModelAdvert
 from worker.devices import host_memory
 from worker.engine import Embeddings, EngineOutput, Finish, Piece
 from worker.gguf_header import read_header
-from worker.llama.batch import DONE, Outbox, Scheduler
+from worker.llama.batch import Scheduler
 from worker.llama.embed import embed
 from worker.llama.model import LoadParams, Runtime, auto_slots, gpu_offload_supported
+from worker.llama.outbox import DONE, Outbox
 from worker.llama.prompt import Vocab
 from worker.llama.sequence import Sequence
 from worker.model_files import ModelSpec

@@ -57,7 +57,7 @@ class LoadParams:
         gpu = options.num_gpu if options.num_gpu is not None and options.num_gpu >= 0 else None
         return cls(
             n_ctx=max(ctx, 4),
-            # a batch holds a whole prompt piece (worker.llama.batch.MIN_PIECE) and more
+            # a batch holds a whole prompt piece (worker.llama.pieces.MIN_PIECE) and more
             n_batch=max(32, options.num_batch)
             if options.num_batch and options.num_batch > 0
             else 512,
