@@ -10,12 +10,14 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from shared.errors import EngineFailure
 from shared.messages import ChatMessage, GenerateJob, SamplingOptions
 from tests.worker.test_llama_engine_tiny import write_tiny_llama
 from worker.engine import Finish, Piece
-from worker.llama import batch, pieces
+from worker.llama import batch, outbox, pieces
 from worker.llama.batch import Scheduler
 from worker.llama.engine import LlamaEngine
+from worker.llama.sequence import Sequence
 from worker.model_files import ModelSpec
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -207,3 +209,41 @@ async def test_memory_follows_the_books_after_reuse(engine: LlamaEngine) -> None
 )
 async def test_prompt_pieces_are_never_short(remaining: int, budget: int, size: int) -> None:
     assert pieces.piece_size(remaining, budget) == size
+
+
+async def test_a_failing_sequence_fails_its_request_alone(
+    engine: LlamaEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requests = [job(p, options=greedy(24)) for p in PROMPTS[:3]]
+    alone = [await run(engine, r) for r in requests]
+    broken = job("1 1 1", options=greedy(100)).model_copy(update={"request_id": "broken"})
+    advance = Sequence.advance
+
+    def failing(self: Sequence, row: int) -> list[Any]:
+        if self.job.request_id == "broken" and len(self.generated) >= 3:
+            raise EngineFailure("boom")
+        return advance(self, row)
+
+    monkeypatch.setattr(Sequence, "advance", failing)
+    results = await asyncio.gather(
+        run(engine, broken), *(run(engine, r) for r in requests), return_exceptions=True
+    )
+    assert isinstance(results[0], EngineFailure) and results[0].message == "boom"
+    assert [r[0] for r in results[1:] if isinstance(r, tuple)] == [t for t, _ in alone]
+
+
+async def test_a_reader_that_lags_holds_back_its_sequence_only(engine: LlamaEngine) -> None:
+    lagging_job = job("1 1 1", options=greedy(150), logprobs=True)
+    alone_text, _ = await run(engine, lagging_job)
+    lagging = engine.generate(lagging_job)
+    first = await anext(lagging)  # then it is not read for a while
+    assert isinstance(first, Piece)
+    # another request runs to its end meanwhile: the model's thread never waits on a reader
+    # ("{" goes on for 167 tokens: longer than the lagging reader's outbox holds)
+    _, finish = await asyncio.wait_for(run(engine, job("{", options=greedy(120))), 30)
+    assert finish.n_decoded == 120 > outbox.HANDOFF_LIMIT
+    text = first.text
+    async for output in lagging:
+        if isinstance(output, Piece):
+            text += output.text
+    assert text == alone_text  # nothing lost or reordered while it sat out
