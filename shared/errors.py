@@ -27,6 +27,7 @@ class ErrorType(StrEnum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     TOO_LARGE = "too_large"
+    NO_MEMORY = "no_memory"
     INTERNAL = "internal"
 
 
@@ -37,6 +38,7 @@ STATUS: dict[ErrorType, int] = {
     ErrorType.TIMEOUT: 503,
     ErrorType.CANCELLED: 499,
     ErrorType.TOO_LARGE: 413,
+    ErrorType.NO_MEMORY: 507,
     ErrorType.INTERNAL: 500,
 }
 
@@ -88,6 +90,12 @@ class PayloadTooLarge(HerdError):
     error_type = ErrorType.TOO_LARGE
 
 
+class InsufficientMemory(HerdError):
+    """The model needs more memory than any worker that has it could ever give it."""
+
+    error_type = ErrorType.NO_MEMORY
+
+
 class EngineFailure(HerdError):
     error_type = ErrorType.INTERNAL
 
@@ -101,6 +109,7 @@ _BY_TYPE: dict[ErrorType, type[HerdError]] = {
         QueueTimeout,
         Cancelled,
         PayloadTooLarge,
+        InsufficientMemory,
         EngineFailure,
     )
 }

@@ -55,3 +55,13 @@ def control_stream(worker_id: str) -> str:
 def model_info(digest: str) -> str:
     """A model's full GGUF metadata (JSON) for /api/show with ``verbose``."""
     return f"{PREFIX}:modelinfo:{digest}"
+
+
+def load_ticket(model: str) -> str:
+    """Held (``SET NX PX``) by the one worker loading ``model`` now; it stays a short
+    while after the load ends, so one model gains replicas one at a time."""
+    return f"{PREFIX}:placing:{model}"
+
+
+#: Hash: model -> its replica policy (JSON ``shared.messages.ReplicaPolicy``).
+POLICIES = f"{PREFIX}:policy"

@@ -215,6 +215,9 @@ class ModelAdvert(_Wire):
     #: GGUF key-value metadata, arrays longer than 5 items shortened to ``[]``
     #: (the full set is at ``keys.model_info(digest)``).
     model_info: dict[str, Any] = Field(default_factory=dict)
+    #: Memory a load with default options takes on the advertising worker (an estimate:
+    #: weights, KV cache for num_ctx x slots, compute buffers, margin); 0: unknown.
+    memory_bytes: int = 0
 
 
 class LoadedModel(_Wire):
@@ -248,6 +251,21 @@ class WorkerAdvert(_Wire):
     slots_free: int
     ready: bool
     started_at: str
+    #: Bytes of device memory this worker lets models fill, and how much of that no
+    #: loaded model takes now (by estimate, never more than the devices report free).
+    memory_total: int = 0
+    memory_free: int = 0
+    #: Models this worker is loading now (placement counts them as replicas to be).
+    loading: list[str] = Field(default_factory=list)
+
+
+class ReplicaPolicy(_Wire):
+    """How many workers keep a model loaded (``herd scale``): at least ``min_replicas``
+    always (loaded without demand, never unloaded), at most ``max_replicas`` (None: as
+    many as demand and memory allow)."""
+
+    min_replicas: int = Field(0, ge=0)
+    max_replicas: int | None = Field(None, ge=1)
 
 
 class ControlMessage(_Wire):

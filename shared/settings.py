@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import ByteSize, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.durations import keep_alive_seconds
@@ -65,7 +65,11 @@ class Settings(BaseSettings):
     )
     fake_token_delay_s: float = Field(0.01, ge=0, description="FakeEngine: pause per token.")
     fake_models: list[str] = Field(
-        default_factory=lambda: ["gemma3:270m"], description="FakeEngine: models it serves."
+        default_factory=lambda: ["gemma3:270m"],
+        description="FakeEngine: models it serves, each `name` or `name=4GiB` (its memory).",
+    )
+    fake_memory: ByteSize | None = Field(
+        None, description="FakeEngine: the size of the one device it advertises (e.g. 10GiB)."
     )
     fake_capabilities: list[str] = Field(
         default_factory=lambda: ["completion", "tools", "thinking", "insert", "embedding"],
@@ -73,6 +77,17 @@ class Settings(BaseSettings):
     )
     max_loaded_models: int = Field(
         3, ge=1, description="Models one worker keeps loaded; the idle one expiring first goes."
+    )
+    memory_fraction: float = Field(
+        0.9, gt=0, le=1, description="Share of device memory a worker lets models fill."
+    )
+    scale_out_wait_s: float = Field(
+        3.0,
+        gt=0,
+        description="A loaded model whose oldest queued job waited this long gains a replica.",
+    )
+    scale_cooldown_s: float = Field(
+        10.0, ge=0, description="After a load of a model, no further replica of it this long."
     )
     origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

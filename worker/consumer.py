@@ -43,6 +43,7 @@ from shared.settings import Settings
 from worker import control
 from worker.devices import Devices
 from worker.engine import Engine
+from worker.fake_engine import fake_device
 from worker.heartbeat import Advertiser, ModelInfoSource
 from worker.jobs import JobRunner
 from worker.residency import Residency
@@ -61,7 +62,9 @@ class Worker:
         self.id = settings.worker_id
         self._client = client
         self.engine = engine
-        self.devices = devices if devices is not None else Devices()
+        fake = fake_device(settings.fake_memory, engine)
+        #: a fake device of HERD_FAKE_MEMORY stands in for the real ones
+        self.devices = fake or (devices if devices is not None else Devices())
         self.advertiser = Advertiser(client, self.id, engine.name, settings.heartbeat_ttl_s)
         self._tasks: set[asyncio.Task[None]] = set()
         #: Each served model's job stream (the engine's models are fixed at start).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from types import ModuleType
 
 import structlog
@@ -94,3 +95,16 @@ def host_memory() -> DeviceInfo:
     except OSError:
         pass
     return DeviceInfo(kind="cpu", name="cpu", total_bytes=total, free_bytes=free)
+
+
+class FakeDevice(Devices):
+    """FakeEngine's one device of a given size, its used memory what the engine loaded."""
+
+    def __init__(self, total: int, used: Callable[[], int]) -> None:  # no NVML to start
+        self._nvml = None
+        self._total = total
+        self._used = used
+
+    def gpus(self) -> list[DeviceInfo]:
+        free = max(0, self._total - self._used())
+        return [DeviceInfo(kind="gpu", name="fake", total_bytes=self._total, free_bytes=free)]

@@ -63,6 +63,12 @@ class Engine(Protocol):
         """The models resident now."""
         ...
 
+    def memory_required(self, name: str, options: LoadOptions) -> int:
+        """Bytes of device memory loading ``name`` with ``options`` takes (an estimate with
+        a margin: weights, KV cache for num_ctx x slots, compute buffers). Placement and
+        eviction plan with it."""
+        ...
+
     def slots(self, name: str) -> int:
         """How many generations of ``name`` run at once (batched): as loaded, or as it
         would be loaded now. The worker claims no more jobs of it than that."""

@@ -18,6 +18,10 @@ It reads no model file and implements the whole ``Engine`` protocol deterministi
   real engine. ``start`` preloads the first model, like the worker's default model.
 - A word is a token: a prompt or an input with more words than the context (``num_ctx``,
   4096 by default) is refused when ``shift``/``truncate`` is false, with Ollama's texts.
+- Memory: a model is ``name`` or ``name=4GiB`` (``HERD_FAKE_MODELS``); that size is its
+  file, what loading it takes (``memory_required``, whatever the options) and what it
+  occupies. ``FakeDevice`` is the one device of ``HERD_FAKE_MEMORY`` the worker advertises,
+  so placement is testable without GPUs.
 - Slots as in the llama engine: ``slots`` generations of a model run at once (``None``:
   ``AUTO_SLOTS``, as ``auto`` picks on a CPU); more wait for a free one.
 """
@@ -33,8 +37,11 @@ from typing import Any, Literal
 import orjson
 
 from shared import thinking
+from pydantic import ByteSize, TypeAdapter
+
 from shared.errors import EngineFailure, InvalidRequest
 from shared.messages import GenerateJob, LoadedModel, LoadOptions, Logprob, ModelAdvert, TopLogprob
+from worker.devices import FakeDevice
 from worker.engine import Embeddings, EngineOutput, Finish, Piece
 from worker.schema_example import example
 
@@ -69,7 +76,8 @@ class FakeEngine:
         preload: bool = True,
         slots: int | None = None,
     ) -> None:
-        self._models = [_advert(m, list(capabilities)) for m in models]
+        self._sizes = dict(_sized(entry) for entry in models)
+        self._models = [_advert(m, size, list(capabilities)) for m, size in self._sizes.items()]
         self._delay = token_delay_s
         self._load_delay = load_delay_s
         self._preload = preload
@@ -91,7 +99,8 @@ class FakeEngine:
         return [
             LoadedModel(
                 name=name,
-                size_bytes=SIZE_BYTES,
+                size_bytes=self._sizes[name],
+                size_vram=self._sizes[name],
                 context_length=options.num_ctx or DEFAULT_CONTEXT,
                 expires_at="",  # the worker's residency knows when; the engine does not
                 busy=self.running.get(name, 0),
@@ -102,6 +111,13 @@ class FakeEngine:
 
     def slots(self, name: str) -> int:
         return self._slots
+
+    def memory_required(self, name: str, options: LoadOptions) -> int:
+        return self._sizes.get(name, SIZE_BYTES)
+
+    def memory_used(self) -> int:
+        """What the loaded models occupy (the fake device's used memory)."""
+        return sum(self._sizes[name] for name in self._loaded)
 
     def full_model_info(self, name: str) -> dict[str, Any]:
         return _model_info(name)
@@ -207,14 +223,24 @@ class FakeEngine:
         )
 
 
-def _advert(name: str, capabilities: list[str]) -> ModelAdvert:
+_BYTES: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
+
+
+def _sized(entry: str) -> tuple[str, int]:
+    """``name`` or ``name=4GiB`` -> (name, bytes)."""
+    name, _, size = entry.partition("=")
+    return name.strip(), int(_BYTES.validate_python(size.strip())) if size else SIZE_BYTES
+
+
+def _advert(name: str, size: int, capabilities: list[str]) -> ModelAdvert:
     info = _model_info(name)
     return ModelAdvert(
         name=name,
         family="fake",
         parameter_size="0",
         quantization_level="none",
-        size_bytes=SIZE_BYTES,
+        size_bytes=size,
+        memory_bytes=size,
         digest=hashlib.sha256(name.encode()).hexdigest(),
         context_length=DEFAULT_CONTEXT,
         embedding_length=EMBEDDING_LENGTH,
@@ -263,3 +289,10 @@ def _vector(text: str) -> list[float]:
     digest = hashlib.sha256(text.encode()).digest()
     # in [-1, 1), never all zero: a plain function of the text
     return [(byte - 128) / 128 + 0.01 for byte in digest[:EMBEDDING_LENGTH]]
+
+
+def fake_device(total: int | None, engine: object) -> FakeDevice | None:
+    """The one device of ``HERD_FAKE_MEMORY`` (``total``) when ``engine`` is a FakeEngine."""
+    if total is None or not isinstance(engine, FakeEngine):
+        return None
+    return FakeDevice(total, engine.memory_used)
