@@ -257,6 +257,8 @@ class WorkerAdvert(_Wire):
     memory_free: int = 0
     #: Models this worker is loading now (placement counts them as replicas to be).
     loading: list[str] = Field(default_factory=list)
+    #: Most models it keeps loaded at once (HERD_MAX_LOADED_MODELS).
+    max_loaded: int = 0
 
 
 class ReplicaPolicy(_Wire):

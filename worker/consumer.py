@@ -17,9 +17,12 @@ Delivery semantics:
   they have a free slot (never merely idle ones: a healthy generation can run for minutes)
   and run them again as a new attempt. The API fails, rather than repeats, a job whose
   text the client already saw.
-- Models: the worker reads the streams of every model its engine can serve; a job of a
-  model not loaded loads it first (``worker.residency``: keep_alive, eviction), and a
-  control stream of its own (``worker.control``) unloads models on the API's request.
+- Models: the worker claims jobs only of the models it has loaded. Which worker loads a
+  model with waiting jobs (or a further replica of a busy one) is placement's decision
+  (``worker.placement``), made by every worker from the same view, with a Redis ticket
+  so that exactly one loads; ``worker.residency`` keeps them (keep_alive, eviction by
+  memory), and a control stream of its own (``worker.control``) unloads models on the
+  API's request.
 - The advert is rewritten every interval, and at once when a model loads or unloads.
 - On SIGTERM the worker stops claiming at once, gives in-flight jobs
   ``shutdown_grace_s`` to finish, fails the rest with an error event, and withdraws its
@@ -38,7 +41,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
-from shared.messages import GenerateJob
+from shared.messages import DeviceInfo, GenerateJob, LoadOptions
 from shared.settings import Settings
 from worker import control
 from worker.devices import Devices
@@ -46,6 +49,8 @@ from worker.engine import Engine
 from worker.fake_engine import fake_device
 from worker.heartbeat import Advertiser, ModelInfoSource
 from worker.jobs import JobRunner
+from worker.placement.placer import Placer
+from worker.placement.plan import Node, Replica
 from worker.residency import Residency
 
 log = structlog.get_logger()
@@ -77,11 +82,22 @@ class Worker:
         self._stopping = asyncio.Event()
         self._beat_soon = asyncio.Event()
         self._beat_lock = asyncio.Lock()
+        #: The devices as last read (the heartbeat reads them off the event loop).
+        self._seen_devices: list[DeviceInfo] = []
         self.residency = Residency(
             engine,
             max_loaded=settings.max_loaded_models,
             default_keep_alive_s=settings.keep_alive_s,
             on_change=self._models_changed,
+            budget=lambda: self.memory()[0],
+        )
+        #: What loading each servable model with default options takes here.
+        self._needs = {
+            m.name: engine.memory_required(m.name, engine.effective_options(m.name, LoadOptions()))
+            for m in engine.models()
+        }
+        self.placer = Placer(
+            client, settings, self._models_by_stream.values(), self.residency, self.node
         )
         self._jobs = JobRunner(client, engine, self.residency, self.id, self._beat)
         self.ready = False
@@ -95,16 +111,41 @@ class Worker:
         return list(self._models_by_stream)
 
     def capacity(self, model: str) -> int:
-        """Jobs of ``model`` this worker could start now."""
-        running = self._inflight.get(model, 0)
-        if self.residency.serving(model):
-            return max(0, self.engine.slots(model) - running)
-        # not loaded (or reloading): one job may start its load, if that can happen now
-        return 1 if running == 0 and self.residency.can_load() else 0
+        """Jobs of ``model`` this worker could start now: free slots of a loaded model
+        (a model not loaded here is placement's to load, here or elsewhere)."""
+        if not self.residency.serving(model):
+            return 0
+        return max(0, self.engine.slots(model) - self._inflight.get(model, 0))
+
+    def memory(self) -> tuple[int, int]:
+        """Bytes models may fill here, and how much of that is free now: what the devices
+        report free, never more than the budget less what the resident models take."""
+        devices = self._seen_devices
+        total = int(sum(d.total_bytes for d in devices) * self.settings.memory_fraction)
+        free = min(total - self.residency.used(), sum(d.free_bytes for d in devices))
+        return total, max(0, free)
+
+    def node(self) -> Node:
+        """This worker as placement sees it, as of now."""
+        total, free = self.memory()
+        kept = self.residency.kept()
+        return Node(
+            id=self.id,
+            memory_total=total,
+            memory_free=free,
+            servable=self._needs,
+            replicas={
+                name: Replica(self.residency.busy(name), self._needs.get(name, 0), name in kept)
+                for name in self.residency.resident()
+            },
+            loading=set(self.residency.loading),
+            max_loaded=self.residency.max_loaded,
+        )
 
     def _models_changed(self) -> None:
         self._beat_soon.set()
         self._capacity.set()
+        self.placer.wake.set()
 
     def stop(self) -> None:
         """Stop claiming now; ``run`` then drains and returns."""
@@ -112,6 +153,7 @@ class Worker:
 
     async def run(self) -> None:
         await self.engine.start()
+        self._seen_devices = await asyncio.to_thread(self.devices.snapshot)
         self.residency.adopt_preloaded()
         await control.clear(self._client, self.id)
         for stream in self.streams:
@@ -125,6 +167,7 @@ class Worker:
             asyncio.create_task(
                 control.control_loop(self._client, self.id, self.residency), name="control"
             ),
+            asyncio.create_task(self.placer.run(), name="placement"),
         ]
         claim = asyncio.create_task(self._claim_loop(), name="claim")
         await self._stopping.wait()
@@ -161,10 +204,9 @@ class Worker:
             free = {s: c for s, m in models.items() if (c := self.capacity(m)) > 0}
             if not free:
                 self._capacity.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._capacity.wait(), timeout=self.settings.heartbeat_interval_s
-                    )
+                with contextlib.suppress(TimeoutError):  # not wait_for: see Placer.run
+                    async with asyncio.timeout(self.settings.heartbeat_interval_s):
+                        await self._capacity.wait()
                 continue
             try:
                 # jobs of dead workers first, checked once per heartbeat interval
@@ -203,6 +245,7 @@ class Worker:
     def _finished(self, model: str) -> None:
         self._inflight[model] -= 1
         self._capacity.set()
+        self.placer.wake.set()
 
     async def _handle(
         self, stream: str, entry_id: str, fields: dict[bytes, bytes], attempt: int
@@ -226,14 +269,26 @@ class Worker:
         async with self._beat_lock:  # an older snapshot never overwrites a newer one
             self._beat_soon.clear()
             devices = await asyncio.to_thread(self.devices.snapshot)
-            models = self.engine.models()
+            self._seen_devices = devices
+            models = [
+                m.model_copy(update={"memory_bytes": self._needs.get(m.name, m.memory_bytes)})
+                for m in self.engine.models()
+            ]
             loaded = self.residency.loaded()
+            total, free = self.memory()
             advert = self.advertiser.advert(
                 devices=devices,
                 models=models,
                 total=sum(m.slots for m in loaded),
                 free=sum(max(0, m.slots - self._inflight.get(m.name, 0)) for m in loaded),
                 loaded=loaded,
+            ).model_copy(
+                update={
+                    "memory_total": total,
+                    "memory_free": free,
+                    "loading": sorted(self.residency.loading),
+                    "max_loaded": self.residency.max_loaded,
+                }
             )
             await self.advertiser.beat(advert)
         source: ModelInfoSource | None = getattr(self.engine, "full_model_info", None)
@@ -241,10 +296,9 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._beat_soon.wait(), timeout=self.settings.heartbeat_interval_s
-                )
+            with contextlib.suppress(TimeoutError):  # not wait_for: see Placer.run
+                async with asyncio.timeout(self.settings.heartbeat_interval_s):
+                    await self._beat_soon.wait()
             try:
                 await self._beat()
             except (RedisError, OSError) as exc:

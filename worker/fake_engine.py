@@ -35,10 +35,9 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 import orjson
-
-from shared import thinking
 from pydantic import ByteSize, TypeAdapter
 
+from shared import thinking
 from shared.errors import EngineFailure, InvalidRequest
 from shared.messages import GenerateJob, LoadedModel, LoadOptions, Logprob, ModelAdvert, TopLogprob
 from worker.devices import FakeDevice

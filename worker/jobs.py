@@ -60,15 +60,15 @@ class JobRunner:
             ):
                 return
             async with self._residency.use(job.model, job.load, job.keep_alive_s) as fresh:
-                if fresh:  # the advert shows the model before any answer does
+                # the advert shows the model, and the expiry a keep_alive sets, before
+                # any answer does
+                if fresh or job.keep_alive_s is not None:
                     await self._refresh_advert()
                 waited_ns = max(0, int(time.time() * 1000) - job.enqueued_at_ms) * 1_000_000
                 if not await publisher.started(self._worker_id, waited_ns):
                     return
                 outcome = "cancelled"
                 if job.kind == "load":
-                    if not fresh:  # its keep_alive may have changed the expiry
-                        await self._refresh_advert()
                     await publisher.loaded()
                     outcome = "load"
                 elif job.kind == "embed":

@@ -4,10 +4,15 @@
   (``job.load``), it is loaded first (``engine.load``, which also reloads, once the
   model's running jobs are done). Loads and unloads run one at a time (a lock), so
   concurrent jobs of a model wait for its one load; a job of a loaded model never waits.
-- At most ``max_loaded`` models stay resident. To make room, the idle model whose expiry
-  comes first is unloaded; a busy one never is: the loader waits until one goes idle, and
-  the model to go (the one with the shortest keep_alive) takes no new jobs meanwhile, so a
-  steady stream of them cannot starve the load.
+- At most ``max_loaded`` models stay resident, and together they take no more than the
+  memory ``budget`` (each model's ``engine.memory_required`` for its options). To make
+  room, the idle model whose expiry comes first is unloaded; a busy one never is: the
+  loader waits until one goes idle, and the model to go (the one with the shortest
+  keep_alive) takes no new jobs meanwhile, so a steady stream of them cannot starve the
+  load. A model larger than the whole budget fails at once (``InsufficientMemory``).
+- Placement (``worker.placement``) loads models ahead of their jobs with ``place`` (which
+  only evicts idle models, and never waits), and names the models ``keep`` holds for
+  their replica policy: those never expire and are never evicted.
 - keep_alive: every model has a session duration, set by each job that gives one (a job
   that gives none keeps the current one; a fresh load starts from the default). When the
   last job ends the model expires after that duration: 0 unloads at once, ``FOREVER``
@@ -31,6 +36,7 @@ from typing import Any
 import structlog
 
 from shared.durations import FOREVER
+from shared.errors import InsufficientMemory
 from shared.messages import LoadedModel, LoadOptions
 from worker.engine import Engine
 
@@ -58,6 +64,8 @@ class _Resident:
     epoch: int = 0
     #: Chosen to make room (or to reload): new jobs wait for the lock instead of attaching.
     closing: bool = False
+    #: What it takes of the budget (``engine.memory_required`` for its options).
+    memory: int = 0
     timer: asyncio.TimerHandle | None = None
 
     def expiry(self, now: float) -> float:
@@ -73,9 +81,15 @@ class Residency:
         max_loaded: int,
         default_keep_alive_s: float,
         on_change: Callable[[], None] = lambda: None,
+        budget: Callable[[], int] | None = None,
     ) -> None:
         self._engine = engine
         self._max = max_loaded
+        self._budget = budget
+        #: Models held loaded for their replica policy.
+        self._kept: set[str] = set()
+        #: Models being loaded now.
+        self.loading: set[str] = set()
         self._default = default_keep_alive_s
         self._on_change = on_change
         self._models: dict[str, _Resident] = {}
@@ -89,6 +103,7 @@ class Residency:
             if model.name not in self._models:
                 options = self._engine.effective_options(model.name, LoadOptions())
                 entry = _Resident(model.name, options, self._default)
+                entry.memory = self._engine.memory_required(model.name, options)
                 self._models[model.name] = entry
                 self._schedule_expiry(entry)
 
@@ -147,17 +162,72 @@ class Residency:
     def resident(self) -> list[str]:
         return list(self._models)
 
+    @property
+    def max_loaded(self) -> int:
+        return self._max
+
+    def used(self) -> int:
+        """Memory the resident models take, by estimate."""
+        return sum(entry.memory for entry in self._models.values())
+
+    def busy(self, name: str) -> int:
+        entry = self._models.get(name)
+        return entry.busy if entry is not None else 0
+
+    def kept(self) -> set[str]:
+        return set(self._kept)
+
+    def keep(self, models: set[str]) -> None:
+        """Hold exactly ``models`` loaded for their replica policy; a model let go expires
+        after its keep_alive from now, if idle."""
+        released = self._kept - models
+        self._kept = set(models)
+        for name in released:
+            entry = self._models.get(name)
+            if entry is not None and not entry.busy:
+                entry.idle_since = time.time()
+                self._schedule_expiry(entry)
+
+    async def place(self, name: str) -> bool:
+        """Load ``name`` with default options, if it is not loaded, making room by evicting
+        idle models only; False, at once, if the room cannot be made now."""
+        options = self._engine.effective_options(name, LoadOptions())
+        async with self._lock:
+            if name in self._models:
+                return True
+            need = self._engine.memory_required(name, options)
+            while not self._room(need):
+                if not any(self._evictable(e) for e in self._models.values()):
+                    return False
+                await self._evict_one()
+            entry = await self._load_now(name, options)
+            self._schedule_expiry(entry)  # a job may never come: keep_alive counts from now
+            return True
+
     def serving(self, name: str) -> bool:
         """Whether ``name`` is loaded and takes new jobs (it is not about to go)."""
         entry = self._models.get(name)
         return entry is not None and not entry.closing
 
-    def can_load(self) -> bool:
-        """Whether a load could start now: none is under way, and there is room for one
-        more model or an idle one to make room."""
-        if self._lock.locked():
+    def _evictable(self, entry: _Resident) -> bool:
+        return not entry.busy and entry.name not in self._kept
+
+    def _room(self, need: int, replacing: _Resident | None = None) -> bool:
+        """Whether a model taking ``need`` fits beside the resident ones (less ``replacing``)."""
+        others = [e for e in self._models.values() if e is not replacing]
+        if len(others) >= self._max:
             return False
-        return len(self._models) < self._max or any(not e.busy for e in self._models.values())
+        if self._budget is None:
+            return True
+        return sum(e.memory for e in others) + need <= self._budget()
+
+    def _check_fits_at_all(self, name: str, need: int) -> None:
+        budget = self._budget() if self._budget is not None else None
+        if budget is not None and need > budget:
+            raise InsufficientMemory(
+                f"model '{name}' requires more memory ({_gib(need)}) than this worker "
+                f"has for models ({_gib(budget)})"
+            )
 
     async def close(self) -> None:
         for entry in self._models.values():
@@ -210,7 +280,8 @@ class Residency:
     async def _expire(self, entry: _Resident, epoch: int) -> None:
         async with self._lock:
             # a job may have come (and gone) while this waited: then it is not expired
-            if self._models.get(entry.name) is entry and not entry.busy and entry.epoch == epoch:
+            current = self._models.get(entry.name) is entry and entry.epoch == epoch
+            if current and self._evictable(entry):
                 await self._unload(entry, reason="expired")
 
     # -- loading and eviction (under the lock) -----------------------------------------
@@ -219,16 +290,18 @@ class Residency:
         self, name: str, options: LoadOptions, duration: float | None
     ) -> tuple[_Resident, bool]:
         async with self._lock:
+            need = self._engine.memory_required(name, options)
+            self._check_fits_at_all(name, need)
             while True:
                 changed = self._changed  # taken before the checks: no wake-up is lost
                 entry = self._models.get(name)
-                if entry is not None and (entry.options == options or not entry.busy):
-                    break  # loaded meanwhile, or to reload now that it is idle
-                if entry is not None:  # other load-time options: reload once it is idle
+                if entry is not None and entry.options == options:
+                    break  # loaded meanwhile
+                if entry is not None and entry.busy:  # other options: reload once idle
                     entry.closing = True
-                elif len(self._models) < self._max:
+                elif self._room(need, replacing=entry):
                     break
-                elif await self._evict_one():
+                elif await self._evict_one(spare=entry):
                     continue
                 await changed.wait()
             fresh = entry is None or entry.options != options
@@ -238,34 +311,50 @@ class Residency:
             if fresh:
                 # a reload goes through engine.load too: it knows which options differ
                 # in effect (an explicit default is no change) and swaps the model
-                started = time.perf_counter()
-                await self._engine.load(name, options)
-                if entry is not None and entry.timer is not None:
-                    entry.timer.cancel()
-                entry = _Resident(name, options, self._default)
-                self._models[name] = entry
-                log.info(
-                    "model_resident",
-                    model=name,
-                    seconds=round(time.perf_counter() - started, 3),
-                    resident=len(self._models),
-                )
-                self._on_change()
+                entry = await self._load_now(name, options)
             assert entry is not None
             self._attach(entry, duration)
             return entry, fresh
 
-    async def _evict_one(self) -> bool:
-        """Unload the idle model expiring first; False (and one marked closing) if none is idle."""
+    async def _load_now(self, name: str, options: LoadOptions) -> _Resident:
+        old = self._models.get(name)
+        started = time.perf_counter()
+        self.loading.add(name)
+        self._on_change()
+        try:
+            await self._engine.load(name, options)
+        finally:
+            self.loading.discard(name)
+            self._on_change()
+        if old is not None and old.timer is not None:
+            old.timer.cancel()
+        entry = _Resident(name, options, self._default)
+        entry.memory = self._engine.memory_required(name, options)
+        self._models[name] = entry
+        log.info(
+            "model_resident",
+            model=name,
+            seconds=round(time.perf_counter() - started, 3),
+            resident=len(self._models),
+            memory=entry.memory,
+        )
+        return entry
+
+    async def _evict_one(self, spare: _Resident | None = None) -> bool:
+        """Unload the idle model expiring first (not ``spare``, nor a kept one); False if
+        none is idle, and then the one with the shortest session takes no new jobs."""
         now = time.time()
-        idle = [e for e in self._models.values() if not e.busy]
+        others = [e for e in self._models.values() if e is not spare]
+        idle = [e for e in others if self._evictable(e)]
         if idle:
             victim = min(idle, key=lambda e: (e.expiry(now), e.name))
             await self._unload(victim, reason="evicted")
             return True
         # all busy: the one with the shortest session takes no new jobs until it drains
-        shortest = min(self._models.values(), key=lambda e: (e.duration, e.name))
-        shortest.closing = True
+        candidates = [e for e in others if e.name not in self._kept]
+        if candidates:
+            shortest = min(candidates, key=lambda e: (e.duration, e.name))
+            shortest.closing = True
         return False
 
     async def _unload(self, entry: _Resident, *, reason: str) -> None:
@@ -288,3 +377,7 @@ def _rfc3339(unix: float) -> str:
     if unix - now.timestamp() >= FOREVER_AHEAD.total_seconds():
         return (now + FOREVER_AHEAD).isoformat()
     return datetime.fromtimestamp(unix).astimezone().isoformat()
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"

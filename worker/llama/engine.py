@@ -29,10 +29,17 @@ from worker.engine import Embeddings, EngineOutput, Finish, Piece
 from worker.gguf_header import read_header
 from worker.llama.batch import Scheduler
 from worker.llama.embed import embed
-from worker.llama.model import LoadParams, Runtime, auto_slots, gpu_offload_supported
+from worker.llama.model import (
+    LoadParams,
+    Runtime,
+    auto_slots,
+    context_plan,
+    gpu_offload_supported,
+)
 from worker.llama.outbox import DONE, Outbox
 from worker.llama.prompt import Vocab
 from worker.llama.sequence import Sequence
+from worker.memory import Estimate, Layout, estimate, read_layout
 from worker.model_files import ModelSpec
 from worker.modelinfo import Description, describe, model_info
 
@@ -68,6 +75,9 @@ class LlamaEngine:
         """``num_parallel``: slots per model (None: as many as fit, see ``auto_slots``);
         ``free_memory(gpu)``: the free bytes of the device a model would load on."""
         self._descriptions: dict[str, Description] = {s.name: describe(s) for s in specs}
+        self._layouts: dict[str, Layout] = {s.name: read_layout(s.path) for s in specs}
+        #: Adverts with ``memory_bytes`` (estimated once, for a load with default options).
+        self._adverts: dict[str, ModelAdvert] = {}
         self._n_ctx = n_ctx
         self._n_gpu_layers = n_gpu_layers
         self._num_parallel = num_parallel
@@ -76,14 +86,42 @@ class LlamaEngine:
         self._locks: dict[str, asyncio.Lock] = {}
 
     def models(self) -> list[ModelAdvert]:
-        return [d.advert for d in self._descriptions.values()]
+        for name, desc in self._descriptions.items():
+            if name not in self._adverts:
+                need = self.memory_required(name, LoadOptions())
+                self._adverts[name] = desc.advert.model_copy(update={"memory_bytes": need})
+        return list(self._adverts.values())
 
     def full_model_info(self, name: str) -> dict[str, Any]:
         """/api/show's verbose ``model_info``: arrays in full (reads the GGUF header again)."""
         return model_info(read_header(self._describe(name).spec.path, full=True))
 
     def loaded(self) -> list[LoadedModel]:
-        return [m.scheduler.status() for m in self._loaded.values()]
+        listed = []
+        for name, model in self._loaded.items():
+            size = self._estimate(name, model.params)
+            listed.append(
+                model.scheduler.status().model_copy(
+                    update={"size_bytes": size.total, "size_vram": size.gpu}
+                )
+            )
+        return listed
+
+    def memory_estimate(self, name: str, options: LoadOptions) -> Estimate:
+        """What loading ``name`` with ``options`` takes (``worker.memory``), with the
+        parameters that load would use: those of the loaded instance if it matches."""
+        current = self._loaded.get(name)
+        if current is not None and _same_load(current.params, options, self, name):
+            return self._estimate(name, current.params)
+        return self._estimate(name, self._params(name, options))
+
+    def memory_required(self, name: str, options: LoadOptions) -> int:
+        """The device's share: the GPU's when layers are offloaded, else all of it."""
+        need = self.memory_estimate(name, options)
+        return need.gpu or need.total
+
+    def _estimate(self, name: str, params: LoadParams) -> Estimate:
+        return estimate(self._layouts[name], context_plan(self._describe(name), params))
 
     def slots(self, name: str) -> int:
         """Sequences ``name`` runs at once (as loaded, or as it would load now)."""

@@ -18,6 +18,7 @@ from llama_cpp import _internals, _logger
 
 from shared.errors import EngineFailure
 from shared.messages import LoadOptions
+from worker.memory import Plan
 from worker.modelinfo import Description
 
 #: Slots chosen by ``auto``: at most this many on a CPU, and on a GPU.
@@ -78,6 +79,22 @@ def auto_slots(desc: Description, n_ctx: int, *, free_bytes: int, on_gpu: bool) 
     return max(1, min(cap, room // per_slot))
 
 
+def context_plan(desc: Description, params: LoadParams) -> Plan:
+    """The context ``Runtime`` creates for ``params``: what the memory estimate reads."""
+    on_gpu = params.n_gpu_layers != 0 and gpu_offload_supported()
+    # an embedding model (BERT-like) reads a whole input in one batch
+    n_batch = max(params.n_batch, params.n_ctx) if desc.embedding_only else params.n_batch
+    return Plan(
+        n_ctx=params.n_ctx,
+        slots=params.slots,
+        n_batch=n_batch,
+        n_ubatch=n_batch,
+        n_gpu_layers=params.n_gpu_layers if on_gpu else 0,
+        flash_attn=on_gpu,
+        swa_full=True,  # llama.cpp's default: a sliding-window layer's cache is full size
+    )
+
+
 @functools.cache
 def _init_backend() -> None:
     """Once per process, as ``llama_cpp.Llama`` does; llama.cpp's log goes quiet."""
@@ -95,7 +112,8 @@ class Runtime:
     def __init__(self, desc: Description, params: LoadParams) -> None:
         _init_backend()
         self.desc, self.params = desc, params
-        self.on_gpu = params.n_gpu_layers != 0 and gpu_offload_supported()
+        plan = context_plan(desc, params)
+        self.on_gpu = plan.n_gpu_layers != 0
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = 0x7FFFFFFF if params.n_gpu_layers < 0 else params.n_gpu_layers
         model_params.main_gpu = params.main_gpu
@@ -110,21 +128,20 @@ class Runtime:
         try:
             self.slots = params.slots
             self.n_ctx = params.n_ctx  # per slot
-            pooled = desc.embedding_only
-            # an embedding model (BERT-like) reads a whole input in one batch
-            self.n_batch = max(params.n_batch, params.n_ctx) if pooled else params.n_batch
+            self.n_batch = plan.n_batch
             ctx_params = llama_cpp.llama_context_default_params()
             ctx_params.n_ctx = params.n_ctx * self.slots
-            ctx_params.n_batch = self.n_batch
-            ctx_params.n_ubatch = self.n_batch
+            ctx_params.n_batch = plan.n_batch
+            ctx_params.n_ubatch = plan.n_ubatch
             ctx_params.n_seq_max = self.slots
             ctx_params.kv_unified = False
+            ctx_params.swa_full = plan.swa_full
             ctx_params.n_threads = params.n_threads
             ctx_params.n_threads_batch = params.n_threads
-            ctx_params.embeddings = pooled
+            ctx_params.embeddings = desc.embedding_only
             ctx_params.flash_attn_type = (
                 llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-                if self.on_gpu
+                if plan.flash_attn
                 else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
             )
             self.context = _internals.LlamaContext(

@@ -1,0 +1,124 @@
+"""A worker's share of placement: every tick it reads the cluster (adverts, queues,
+policies, tickets), runs ``plan`` and starts the load the plan names it for, if it wins
+that model's ticket. No worker decides for another; there is no leader to lose."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Collection
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared.messages import WorkerAdvert
+from shared.queues import live_workers, policies, queues
+from shared.settings import Settings
+from worker.placement.plan import Demand, Load, Node, Params, Plan, Replica, plan
+from worker.placement.tickets import Tickets
+from worker.residency import Residency
+
+log = structlog.get_logger()
+
+#: Placement looks at the queues at least this often (a cold model waits at most this
+#: long before its load starts).
+MAX_TICK_S = 0.5
+
+
+def node_of(advert: WorkerAdvert) -> Node:
+    """Another worker, as its advert describes it."""
+    servable = {m.name: m.memory_bytes for m in advert.models}
+    replicas = {
+        m.name: Replica(busy=m.busy, memory=servable.get(m.name) or m.size_bytes)
+        for m in advert.loaded
+    }
+    return Node(
+        id=advert.worker_id,
+        memory_total=advert.memory_total,
+        memory_free=advert.memory_free,
+        servable=servable,
+        replicas=replicas,
+        loading=set(advert.loading),
+        max_loaded=advert.max_loaded,
+    )
+
+
+class Placer:
+    def __init__(
+        self,
+        client: Redis,
+        settings: Settings,
+        models: Collection[str],
+        residency: Residency,
+        local: Callable[[], Node],
+    ) -> None:
+        self._client = client
+        self._id = settings.worker_id
+        self._settings = settings
+        self._models = list(models)
+        self._residency = residency
+        self._local = local
+        self._tickets = Tickets(client, self._id)
+        self._params = Params(scale_out_wait_s=settings.scale_out_wait_s)
+        #: Set to look again at once (a model went, a job finished).
+        self.wake = asyncio.Event()
+        self.last: Plan | None = None
+
+    async def run(self) -> None:
+        interval = min(self._settings.heartbeat_interval_s, MAX_TICK_S)
+        while True:
+            try:
+                await self.tick()
+            except (RedisError, OSError) as exc:
+                log.warning("placement_failed", error=str(exc))
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+            # comes as the wake-up does, and then the worker never stops
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self.wake.wait()
+            self.wake.clear()
+
+    async def tick(self) -> Plan:
+        adverts = await live_workers(self._client)
+        queued = await queues(self._client, self._models)
+        wanted = {m: p for m, p in (await policies(self._client)).items() if m in self._models}
+        held = await self._tickets.held({*queued, *wanted})
+        nodes = [node_of(a) for a in adverts if a.ready and a.worker_id != self._id]
+        nodes.append(self._local())  # our own state fresh, not as last advertised
+        demand = {m: Demand(q.waiting, q.oldest_wait_s) for m, q in queued.items()}
+        result = plan(nodes, demand, wanted, held, self._params)
+        self.last = result
+        self._residency.keep(result.kept.get(self._id, set()))
+        for model in result.unplaceable:
+            log.warning("model_fits_nowhere", model=model)
+        for load in result.for_worker(self._id):
+            await self._load(load)
+        return result
+
+    async def _load(self, load: Load) -> None:
+        # the ticket outlives a heartbeat's silence: a dead loader's expires with its advert
+        ttl = self._settings.heartbeat_ttl_s
+        if not await self._tickets.take(load.model, ttl):
+            return  # another worker is loading it
+        log.info("placement_load", model=load.model, reason=load.reason, evicting=load.evicting)
+        refresh = asyncio.create_task(self._hold(load.model, ttl))
+        # kept a while after a load, or a failed one (one replica at a time, and a broken
+        # file is not retried at every tick); given up at once if there was no room
+        cooldown = self._settings.scale_cooldown_s
+        try:
+            if not await self._residency.place(load.model):
+                cooldown = 0.0
+        except Exception:  # a model that fails to load must not stop placement
+            log.exception("placement_load_failed", model=load.model)
+        finally:
+            refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresh
+            await self._tickets.extend(load.model, cooldown)
+
+    async def _hold(self, model: str, ttl: float) -> None:
+        while True:
+            await asyncio.sleep(ttl / 3)
+            with contextlib.suppress(RedisError, OSError):
+                await self._tickets.extend(model, ttl)
