@@ -8,6 +8,12 @@ read on one connection and handed to that request's queue.
 cancelled, so a job still queued is never run and a running one stops (its worker sees no
 subscriber on the channel).
 
+Prefix-aware routing: a chat whose earlier turns a worker answered (``shared.prefix``) goes
+to that worker's own stream (``keys.worker_jobs``) when its advert shows the model loaded
+with a free slot, so the conversation's prompt is found in its KV cache; not taken there
+within ``AFFINITY_WAIT_S``, or its worker gone before the first token, it moves to the
+model's stream (one atomic script: never run twice).
+
 The relay enforces the failure rule: events of an older attempt are dropped, a sequence
 gap fails the stream, a worker whose heartbeat expired fails it if tokens were already
 sent and otherwise waits for another worker to take the job over; a job not started
@@ -30,7 +36,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from api.registry import Registry
-from shared import keys
+from shared import keys, prefix
 from shared.errors import (
     QUEUE_FULL,
     WORKER_LOST,
@@ -40,6 +46,7 @@ from shared.errors import (
     from_type,
 )
 from shared.messages import (
+    ChatMessage,
     DoneEvent,
     ErrorEvent,
     GenerateJob,
@@ -149,11 +156,40 @@ QUEUE_FULL_RETRY_AFTER_S = 1
 
 Event = StartedEvent | TokenEvent | DoneEvent
 
+#: How long a job routed to the worker holding its prefix waits for it to take the job.
+AFFINITY_WAIT_S = 1.0
+
 # XLEN counts queued and running jobs (workers delete an entry once it is done). Checking and
 # adding in one script costs one round trip and keeps concurrent requests from overshooting.
+# KEYS[2] is the conversation's owner key; KEYS[3..] the own streams of the workers that
+# could take it now (ARGV[3..] their ids): the owner among them gets it. Returns
+# {0} (queue full), {1} (model stream) or {2, worker, entry id}.
 _ADMIT = """
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return {0} end
+if #KEYS > 2 then
+  local owner = redis.call('GET', KEYS[2])
+  for i = 3, #KEYS do
+    if ARGV[i] == owner then
+      return {2, owner, redis.call('XADD', KEYS[i], '*', 'job', ARGV[2])}
+    end
+  end
+end
 redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
+return {1}
+"""
+
+# A routed job not taken by its worker (or taken by one now dead: ARGV[3] ~= '1') moves to
+# the model's stream. 1: moved; 0: its worker has it, or it is gone (answered).
+_MOVE = """
+local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #entry == 0 then return 0 end
+local pending = redis.call('XPENDING', KEYS[1], ARGV[2], ARGV[1], ARGV[1], 1)
+if #pending > 0 then
+  if ARGV[3] == '1' then return 0 end
+  redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+end
+redis.call('XDEL', KEYS[1], ARGV[1])
+redis.call('XADD', KEYS[2], '*', unpack(entry[1][2]))
 return 1
 """
 
@@ -167,24 +203,40 @@ class Dispatcher:
         *,
         max_queue: int,
         check_interval_s: float,
+        prefix_routing: bool = True,
     ) -> None:
         self._client = client
         self._router = router
         self._registry = registry
         self._max_queue = max_queue
         self._check_interval_s = check_interval_s
+        self._prefix_routing = prefix_routing
         self._admit = client.register_script(_ADMIT)
+        self._move = client.register_script(_MOVE)
+        self._remembering: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
     async def submit(self, job: GenerateJob) -> AsyncIterator[AsyncIterator[Event]]:
-        """Enqueue ``job``; yields its events (started, tokens, done) in order."""
+        """Enqueue ``job``; yields its events (started, tokens, done) in order. A model
+        that fits on none of the workers that serve it is refused (507) first."""
+        await self._registry.check_room(job.model)
         channel = keys.token_channel(job.request_id)
         stream = keys.job_stream(job.model)
         queue = await self._router.subscribe(channel)
-        relay = _Relay(job, queue, self._registry, self._check_interval_s)
+        relay = _Relay(job, queue, self._registry, self._check_interval_s, self)
         try:
-            if not await self._admit(keys=[stream], args=[self._max_queue, job.to_fields()["job"]]):
+            keys_ = [stream]
+            args: list[bytes | str | int] = [self._max_queue, job.to_fields()["job"]]
+            if self._prefix_routing and job.kind == "chat" and len(job.messages) > 1:
+                owners = await self._registry.with_free_slot(job.model)
+                keys_.append(keys.prefix_owner(prefix.digest(job.model, job.messages[:-1])))
+                keys_ += [keys.worker_jobs(w) for w in owners]
+                args += owners
+            admitted = await self._admit(keys=keys_, args=args)
+            if admitted[0] == 0:
                 raise Unavailable(QUEUE_FULL, retry_after_s=QUEUE_FULL_RETRY_AFTER_S)
+            if admitted[0] == 2:
+                relay.routed = (admitted[1].decode(), admitted[2].decode(), time.monotonic())
             yield relay.events()
         finally:
             # cleanup must run even while the request's task is being cancelled
@@ -192,6 +244,32 @@ class Dispatcher:
                 await self._router.unsubscribe(channel)
                 if not relay.finished:
                     await self._client.set(keys.cancel_key(job.request_id), 1, ex=keys.CANCEL_TTL_S)
+
+    async def move(self, job: GenerateJob, owner: str, entry_id: str, *, alive: bool) -> bool:
+        """Move a routed job from its worker's stream to its model's (see ``_MOVE``)."""
+        moved = await self._move(
+            keys=[keys.worker_jobs(owner), keys.job_stream(job.model)],
+            args=[entry_id, keys.JOB_GROUP, "1" if alive else "0"],
+        )
+        if moved:
+            log.info("routed_job_moved", worker_id=owner, alive=alive)
+        return bool(moved)
+
+    def remember(self, job: GenerateJob, worker: str, answer: str) -> None:
+        """Record ``worker`` as the holder of the conversation ``job`` continued with
+        ``answer`` (in the background: the client has its answer already)."""
+        if not (self._prefix_routing and job.kind == "chat"):
+            return
+        turn = [*job.messages, ChatMessage(role="assistant", content=answer)]
+        key = keys.prefix_owner(prefix.digest(job.model, turn))
+
+        async def write() -> None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._client.set(key, worker, ex=keys.PREFIX_TTL_S)
+
+        task = asyncio.create_task(write())
+        self._remembering.add(task)
+        task.add_done_callback(self._remembering.discard)
 
 
 class _Relay:
@@ -201,17 +279,23 @@ class _Relay:
         queue: asyncio.Queue[bytes | BaseException],
         registry: Registry,
         check_interval_s: float,
+        dispatcher: Dispatcher,
     ) -> None:
         self._job = job
         self._queue = queue
         self._registry = registry
         self._check_interval_s = check_interval_s
+        self._dispatcher = dispatcher
         self.finished = False
         self._worker: str | None = None
         self._n_tokens = 0
+        self._text: list[str] = []
+        #: (worker, entry id, when) of a job sent to the worker holding its prefix, until
+        #: its first token: before that it may still move to the model's stream.
+        self.routed: tuple[str, str, float] | None = None
+        self._attempt, self._expected = 0, 0
 
     async def events(self) -> AsyncIterator[Event]:
-        attempt, expected = 0, 0
         held: bytes | BaseException | None = None
         while True:
             if held is not None:
@@ -219,8 +303,11 @@ class _Relay:
             elif not self._queue.empty():
                 item = self._queue.get_nowait()
             else:
+                # a routed job is looked after closely until its worker is known to have it
+                closely = self.routed is not None and self._worker is None
+                waiting_s = AFFINITY_WAIT_S / 4 if closely else self._check_interval_s
                 try:
-                    async with asyncio.timeout(self._check_interval_s):
+                    async with asyncio.timeout(waiting_s):
                         item = await self._queue.get()
                 except TimeoutError:
                     await self._check_progress()
@@ -228,17 +315,17 @@ class _Relay:
             if isinstance(item, BaseException):
                 raise Unavailable(f"lost the token stream: {item}")
             event = decode_event(item)
-            if event.attempt < attempt:
+            if event.attempt < self._attempt:
                 continue  # a late chunk of an attempt that was taken over
-            if event.attempt > attempt:
+            if event.attempt > self._attempt:
                 if self._n_tokens:
                     raise Unavailable(WORKER_LOST)
-                attempt, expected = event.attempt, 0
-            if event.seq != expected:
+                self._attempt, self._expected = event.attempt, 0
+            if event.seq != self._expected:
                 raise Unavailable(
-                    f"lost chunks of the stream (expected {expected}, got {event.seq})"
+                    f"lost chunks of the stream (expected {self._expected}, got {event.seq})"
                 )
-            expected += 1
+            self._expected += 1
             if isinstance(event, ErrorEvent):
                 self.finished = True
                 raise from_type(event.error_type, event.message)
@@ -246,24 +333,40 @@ class _Relay:
                 self._worker = event.worker_id
             elif isinstance(event, TokenEvent):
                 self._n_tokens += 1
+                self.routed = None
                 # tokens that arrived together go out as one chunk: one line, one write
                 while held is None and not self._queue.empty():
                     raw = self._queue.get_nowait()
                     after = None if isinstance(raw, BaseException) else decode_event(raw)
                     if not (
                         isinstance(after, TokenEvent)
-                        and (after.attempt, after.seq) == (attempt, expected)
+                        and (after.attempt, after.seq) == (self._attempt, self._expected)
                     ):
                         held = raw
                         break
-                    event, expected = _joined(event, after), expected + 1
+                    event, self._expected = _joined(event, after), self._expected + 1
+                self._text.append(event.text)
             else:
                 self.finished = True
+                if self._worker is not None:
+                    self._dispatcher.remember(self._job, self._worker, "".join(self._text))
             yield event
             if self.finished:
                 return
 
     async def _check_progress(self) -> None:
+        if self.routed is not None:
+            owner, entry_id, since = self.routed
+            alive = await self._registry.is_alive(owner)
+            unclaimed = self._worker is None and time.monotonic() - since >= AFFINITY_WAIT_S
+            if not alive or unclaimed:
+                if await self._dispatcher.move(self._job, owner, entry_id, alive=alive):
+                    # a fresh run from the model's stream: numbering starts again
+                    self.routed, self._worker = None, None
+                    self._attempt, self._expected = 0, 0
+                    return
+                if not alive:
+                    self.routed = None  # answered meanwhile, or gone: the rules below
         if self._worker is not None:
             if await self._registry.is_alive(self._worker):
                 return

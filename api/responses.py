@@ -40,10 +40,13 @@ from shared.messages import (
     GenerateJob,
     Logprob,
     ModelAdvert,
+    ReplicaPolicy,
     StartedEvent,
     TokenEvent,
     ToolCall,
+    WorkerAdvert,
 )
+from shared.queues import Queue
 
 T = TypeVar("T")
 
@@ -218,6 +221,56 @@ def _tag(entry: Entry) -> dict[str, Any]:
     if advert.capabilities:
         body["capabilities"] = list(advert.capabilities)
     return body
+
+
+def cluster(
+    workers: list[WorkerAdvert], queues: dict[str, Queue], policies: dict[str, ReplicaPolicy]
+) -> dict[str, Any]:
+    """``/api/cluster`` (Herd's own, no Ollama shape): every live worker, and for each model
+    in ``queues`` where it is loaded or loading, its queue, and its replica policy."""
+    models: dict[str, Any] = {}
+    for name, queue in sorted(queues.items()):
+        policy = policies.get(name)
+        models[name] = {
+            "replicas": [w.worker_id for w in workers if any(m.name == name for m in w.loaded)],
+            "loading": [w.worker_id for w in workers if name in w.loading],
+            "waiting": queue.waiting,
+            "oldest_wait_s": queue.oldest_wait_s,
+            "pending": queue.pending,
+            "policy": policy.model_dump() if policy is not None else None,
+        }
+    ordered = sorted(workers, key=lambda w: w.worker_id)
+    return {"workers": [_cluster_worker(w) for w in ordered], "models": models}
+
+
+def _cluster_worker(worker: WorkerAdvert) -> dict[str, Any]:
+    return {
+        "id": worker.worker_id,
+        "host": worker.host,
+        "version": worker.version,
+        "engine": worker.engine,
+        "ready": worker.ready,
+        "started_at": worker.started_at,
+        "devices": [
+            {"name": d.name, "kind": d.kind, "total": d.total_bytes, "free": d.free_bytes}
+            for d in worker.devices
+        ],
+        "memory_total": worker.memory_total,
+        "memory_free": worker.memory_free,
+        "slots": {"total": worker.slots_total, "free": worker.slots_free},
+        "loading": list(worker.loading),
+        "loaded": [
+            {
+                "name": m.name,
+                "size": m.size_bytes,
+                "size_vram": m.size_vram,
+                "context_length": m.context_length,
+                "slots": {"total": m.slots, "busy": m.busy},
+                "expires_at": m.expires_at,
+            }
+            for m in worker.loaded
+        ],
+    }
 
 
 # -- a call's answer: chunks, or one aggregated object ----------------------------------

@@ -1,14 +1,16 @@
-"""The ``herd`` command: ``serve`` (everything on one machine), ``api``, ``worker``, and
-the client verbs of the ``ollama`` CLI (``list``, ``ps``, ``show``, ``run``, ``stop``,
-``cp``, ``rm``) against the API at ``HERD_HOST``."""
+"""The ``herd`` command: ``serve`` (everything on one machine), ``api``, ``worker``, the
+client verbs of the ``ollama`` CLI (``list``, ``ps``, ``show``, ``run``, ``stop``, ``cp``,
+``rm``) and Herd's own (``cluster``, ``scale``) against the API at ``HERD_HOST``."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -17,6 +19,7 @@ import structlog
 from cli.embedded import EmbeddedRedis
 from cli.ports import PortUnavailable, check_can_listen, free_port, listen
 from cli.verbs import TIMEOUT, VerbError, Verbs, base_url
+from shared.hostaddr import HostAddress
 from shared.logging import configure_logging
 from shared.settings import Settings
 
@@ -24,26 +27,31 @@ log = structlog.get_logger()
 
 
 def _serve(settings: Settings) -> int:
-    """Embedded Redis (unless HERD_REDIS_URL is set), one API and one worker, as children."""
+    """Embedded Redis (unless HERD_REDIS_URL is set), one worker and one API, as children.
+
+    The API starts once the worker is ready (its /readyz: models loaded, advert in Redis),
+    so the API's port opens when a request can be served rather than seconds before.
+    """
     check_can_listen(settings.host, "HERD_HOST")
     env = dict(os.environ)
     if "worker_health_addr" in settings.model_fields_set:
         check_can_listen(settings.worker_health_addr, "HERD_WORKER_HEALTH_ADDR")
+        probes = settings.worker_health_addr
     else:
         # nothing probes this worker: a fixed port would stop a second `herd serve` here
-        env["HERD_WORKER_HEALTH_ADDR"] = f"127.0.0.1:{free_port()}"
+        probes = HostAddress("http", "127.0.0.1", free_port())
+        env["HERD_WORKER_HEALTH_ADDR"] = f"{probes.host}:{probes.port}"
     redis: EmbeddedRedis | None = None
     if settings.redis_url is None:
         redis = EmbeddedRedis()
         redis.start()
         env["HERD_REDIS_URL"] = redis.url
         log.info("embedded_redis_started", url=redis.url)
-    children = [
-        subprocess.Popen([sys.executable, "-m", "cli", role], env=env) for role in ("worker", "api")
-    ]
-    log.info("herd_serving", url=settings.host.url)
+    children = [_child("worker", env)]
+    stop = threading.Event()
 
     def forward(signum: int, _frame: object) -> None:
+        stop.set()
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -51,6 +59,9 @@ def _serve(settings: Settings) -> int:
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
     try:
+        if _until_ready(children[0], f"{base_url(probes)}/readyz", stop) and not stop.is_set():
+            children.append(_child("api", env))
+            log.info("herd_serving", url=settings.host.url)
         while all(child.poll() is None for child in children):
             time.sleep(0.2)
         forward(signal.SIGTERM, None)  # one died: stop the other too
@@ -66,6 +77,23 @@ def _serve(settings: Settings) -> int:
             redis.stop()
     # a child stopped by our SIGTERM exits 0 (worker) or negative; report real failures
     return max([0, *(child.returncode or 0 for child in children)])
+
+
+def _child(role: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "cli", role], env=env)
+
+
+def _until_ready(worker: subprocess.Popen[bytes], url: str, stop: threading.Event) -> bool:
+    """Wait until the worker's readiness probe answers 200; False if it exits or we are
+    told to stop first."""
+    with httpx.Client(timeout=1, trust_env=False) as client:
+        while worker.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(url).status_code == 200:
+                    return True
+            if stop.wait(0.1):
+                return False
+    return False
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,6 +113,24 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("source")
     cp.add_argument("destination")
     sub.add_parser("rm", help="remove models from the catalog").add_argument("model", nargs="+")
+    sub.add_parser("cluster", help="list the live workers: memory, slots, loaded models")
+    scale = sub.add_parser("scale", help="set how many workers keep a model loaded")
+    scale.add_argument("model")
+    scale.add_argument(
+        "--min",
+        dest="min_replicas",
+        type=int,
+        required=True,
+        metavar="N",
+        help="workers that always keep it loaded (0 without --max: no policy)",
+    )
+    scale.add_argument(
+        "--max",
+        dest="max_replicas",
+        type=int,
+        metavar="M",
+        help="at most this many workers load it (default: as demand asks)",
+    )
     return parser
 
 
@@ -105,6 +151,10 @@ def _client_verb(args: argparse.Namespace, settings: Settings) -> int:
                 verbs.stop(args.model)
             elif args.command == "cp":
                 verbs.cp(args.source, args.destination)
+            elif args.command == "cluster":
+                verbs.cluster()
+            elif args.command == "scale":
+                verbs.scale(args.model, args.min_replicas, args.max_replicas)
             else:
                 verbs.rm(args.model)
         except VerbError as exc:

@@ -1,6 +1,8 @@
 """The ``herd`` client verbs, as the ``ollama`` CLI has them: ``list``, ``ps``, ``show``,
 ``run``, ``stop``, ``cp``, ``rm``. They talk to the API at ``HERD_HOST`` (0.0.0.0 and ::
 mean this machine) over the Ollama API itself, so they work against any Herd (or Ollama).
+Herd's own: ``cluster`` and ``scale`` (its /api/cluster and /api/scale), and the WORKERS
+column of ``ps``.
 """
 
 from __future__ import annotations
@@ -74,15 +76,54 @@ class Verbs:
         self._write(table(rows) + "\n")
 
     def ps(self) -> None:
+        """``ollama ps``'s columns, and the workers each model is loaded on (from Herd's
+        /api/cluster; against an Ollama, which has none, that column is left out)."""
+        models = self._request("GET", "/api/ps")["models"]
+        try:
+            cluster: dict[str, Any] | None = self._request("GET", "/api/cluster")
+        except VerbError:
+            cluster = None
         rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
-        for model in self._request("GET", "/api/ps")["models"]:
+        if cluster is not None:
+            rows[0].append("WORKERS")
+            where = _placements(cluster)
+        for model in models:
             on_gpu = model.get("size_vram", 0) >= model["size"] > 0
             rows.append(
                 [model["name"], model["digest"][:12], human_size(model["size"]),
                  "100% GPU" if on_gpu else "100% CPU", str(model.get("context_length", "")),
                  _when(model["expires_at"])]
             )  # fmt: skip
+            if cluster is not None:
+                rows[-1].append(where(model["name"], model["expires_at"]))
         self._write(table(rows) + "\n")
+
+    def cluster(self) -> None:
+        """The live workers: memory models take (used/total), slots busy, models loaded."""
+        rows = [["ID", "HOST", "MEMORY", "SLOTS", "LOADED"]]
+        for worker in self._request("GET", "/api/cluster")["workers"]:
+            total, free = worker["memory_total"], worker["memory_free"]
+            memory = f"{human_size(total - free)}/{human_size(total)}" if total else "-"
+            slots = worker["slots"]
+            loaded = [m["name"] for m in worker["loaded"]]
+            loaded += [f"{name} (loading)" for name in worker["loading"]]
+            rows.append(
+                [worker["id"], worker["host"], memory,
+                 f"{slots['total'] - slots['free']}/{slots['total']}", ", ".join(loaded)]
+            )  # fmt: skip
+        self._write(table(rows) + "\n")
+
+    def scale(self, model: str, min_replicas: int, max_replicas: int | None) -> None:
+        """Set ``model``'s replica policy (``--min 0`` without ``--max`` removes it)."""
+        body = {"model": model, "min_replicas": min_replicas, "max_replicas": max_replicas}
+        answer = self._request("POST", "/api/scale", body)
+        name, policy = answer["model"], answer["policy"]
+        if policy is None:
+            self._write(f"removed the replica policy of '{name}'\n")
+            return
+        most = policy["max_replicas"]
+        limit = f", max {most}" if most is not None else ""
+        self._write(f"scaled '{name}': min {policy['min_replicas']}{limit}\n")
 
     def show(self, model: str) -> None:
         info = self._request("POST", "/api/show", {"model": model})
@@ -163,6 +204,24 @@ def _error_text(response: httpx.Response) -> str:
     except (orjson.JSONDecodeError, AttributeError):
         error = None
     return str(error) if error else response.text.strip() or f"HTTP {response.status_code}"
+
+
+def _placements(cluster: dict[str, Any]) -> Callable[[str, str], str]:
+    """For a row of /api/ps (name, expires_at): the worker it is on. /api/ps has a row per
+    worker a model is loaded on, which its expiry tells apart; a row that matches no
+    worker (it changed between the two reads) shows every worker the model is on."""
+    free: dict[tuple[str, str], list[str]] = {}
+    for worker in cluster["workers"]:
+        for loaded in worker["loaded"]:
+            free.setdefault((loaded["name"], loaded["expires_at"]), []).append(worker["id"])
+
+    def where(name: str, expires_at: str) -> str:
+        ids = free.get((name, expires_at))
+        if ids:
+            return ids.pop(0)
+        return ",".join(cluster["models"].get(name, {}).get("replicas", []))
+
+    return where
 
 
 def _when(stamp: str) -> str:

@@ -65,3 +65,24 @@ def load_ticket(model: str) -> str:
 
 #: Hash: model -> its replica policy (JSON ``shared.messages.ReplicaPolicy``).
 POLICIES = f"{PREFIX}:policy"
+
+
+# api catalog of models seen
+#: Hash: every model a live worker has advertised -> its ``ModelAdvert`` (JSON). Written by
+#: the API when a model is new or its digest changed; a model stays known (its requests
+#: queue instead of 404) while no worker that serves it is up.
+CATALOG_SEEN = f"{PREFIX}:catalog:seen"
+
+
+def worker_jobs(worker_id: str) -> str:
+    """Jobs routed to one worker because it holds their conversation's prefix in KV cache."""
+    return f"{PREFIX}:jobs@{worker_id}"
+
+
+def prefix_owner(digest: str) -> str:
+    """The worker that last answered a conversation (``shared.prefix``): its KV cache holds it."""
+    return f"{PREFIX}:prefix:{digest}"
+
+
+#: A conversation's owner is remembered this long (a model's default keep_alive, doubled).
+PREFIX_TTL_S = 600

@@ -232,6 +232,8 @@ class LoadedModel(_Wire):
     #: Requests running or queued on it, and how many it runs at once (batched).
     busy: int = 0
     slots: int = 1
+    #: Seconds since its last request ended (0 while busy).
+    idle_s: float = 0.0
 
 
 class WorkerAdvert(_Wire):

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
         ),
     )
     max_queue: int = Field(512, ge=1, description="Jobs waiting per model before 503.")
+    prefix_routing: bool = Field(
+        True, description="Send a chat's next turn to the worker that holds its prefix."
+    )
     keep_alive: str = Field("5m", description="Default keep_alive of a loaded model.")
     num_ctx: int = Field(4096, ge=256, description="Context length a model is loaded with.")
     n_gpu_layers: int = Field(-1, description="Layers offloaded to the GPU (-1: all).")
@@ -68,6 +71,7 @@ class Settings(BaseSettings):
         default_factory=lambda: ["gemma3:270m"],
         description="FakeEngine: models it serves, each `name` or `name=4GiB` (its memory).",
     )
+    fake_load_delay_s: float = Field(0.0, ge=0, description="FakeEngine: time a load takes.")
     fake_memory: ByteSize | None = Field(
         None, description="FakeEngine: the size of the one device it advertises (e.g. 10GiB)."
     )

@@ -10,9 +10,11 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import uvicorn
 from redis.asyncio import Redis
@@ -32,7 +34,9 @@ from shared.messages import (
 )
 from shared.settings import Settings
 from worker.consumer import Worker
+from worker.devices import Devices
 from worker.fake_engine import FakeEngine
+from worker.main import build_engine
 
 
 @pytest.fixture(scope="session")
@@ -121,14 +125,7 @@ async def worker(make_settings: SettingsFactory, redis_url: str) -> AsyncIterato
     async def start(engine: FakeEngine | None = None, **overrides: Any) -> Worker:
         settings = make_settings(**overrides)
         client = Redis.from_url(redis_url)
-        if engine is None:
-            engine = FakeEngine(
-                settings.fake_models,
-                settings.fake_token_delay_s,
-                capabilities=settings.fake_capabilities,
-                slots=settings.slots,
-            )
-        instance = Worker(settings, client, engine)
+        instance = Worker(settings, client, engine or build_engine(settings, Devices()))
         task = asyncio.create_task(instance.run())
         while not instance.ready:
             if task.done():
@@ -190,19 +187,52 @@ async def read_advert(redis: Redis, worker_id: str) -> WorkerAdvert:
 ProcessFactory = Callable[..., subprocess.Popen[bytes]]
 
 
+def worker_env(redis_url: str, worker_id: str, **settings: object) -> dict[str, str]:
+    """The environment of a FakeEngine ``herd worker`` child: quick heartbeats, a probe
+    port of its own, and ``settings`` as ``HERD_*`` (lists as JSON)."""
+    env = {
+        "HERD_REDIS_URL": redis_url,
+        "HERD_ENGINE": "fake",
+        "HERD_WORKER_ID": worker_id,
+        "HERD_WORKER_HEALTH_ADDR": f"127.0.0.1:{free_port()}",
+        "HERD_HEARTBEAT_INTERVAL_S": "0.2",
+        "HERD_HEARTBEAT_TTL_S": "1.0",
+        "HERD_FAKE_TOKEN_DELAY_S": "0.01",
+        "HERD_SHUTDOWN_GRACE_S": "5",
+    }
+    for name, value in settings.items():
+        text = orjson.dumps(value).decode() if isinstance(value, list) else str(value)
+        env[f"HERD_{name.upper()}"] = text
+    return env
+
+
+#: Where each ``herd_process`` child writes its (JSON) log, by pid.
+_LOGS: dict[int, Path] = {}
+
+
+def process_log(child: subprocess.Popen[bytes]) -> list[dict[str, Any]]:
+    """The JSON log lines a ``herd_process`` child has written so far."""
+    lines = _LOGS[child.pid].read_bytes().splitlines()
+    return [orjson.loads(line) for line in lines if line.startswith(b"{")]
+
+
 @pytest.fixture
-def herd_process() -> Iterator[ProcessFactory]:
-    """``p = herd_process("worker", HERD_...=...)``: a real ``herd`` child process."""
+def herd_process(tmp_path: Path) -> Iterator[ProcessFactory]:
+    """``p = herd_process("worker", HERD_...=...)``: a real ``herd`` child process, its log
+    in a file (``process_log``), never a pipe nobody reads (that would block it)."""
     children: list[subprocess.Popen[bytes]] = []
 
     def start(command: str, **env: str) -> subprocess.Popen[bytes]:
         full_env = {**os.environ, "HERD_LOG_FORMAT": "json", **env}
-        child = subprocess.Popen(
-            [sys.executable, "-m", "cli", command],
-            env=full_env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        path = tmp_path / f"{command}-{len(children)}.log"
+        with path.open("wb") as log:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "cli", command],
+                env=full_env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        _LOGS[child.pid] = path
         children.append(child)
         return child
 
@@ -215,8 +245,6 @@ def herd_process() -> Iterator[ProcessFactory]:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
-        if child.stderr is not None:
-            child.stderr.close()
 
 
 def wait_for_http(url: str, timeout_s: float = 60.0, status: int = 200) -> None:

@@ -9,6 +9,14 @@ Delivery semantics:
   (one job, which loads it). A job that cannot start here stays in its stream for another
   worker. It is removed (``XACK`` + ``XDEL``) after its final event — done or error — is
   published; the stream holds only outstanding work.
+- The claim's blocking read has a connection of its own: when the loaded models change,
+  ``CLIENT UNBLOCK`` ends it at once, so a newly loaded model's jobs are taken without
+  waiting out the block, and an unloaded model's are not taken. One delivered in that
+  instant anyway is handed back (added again, same job, and the old entry removed).
+- Its own stream (``keys.worker_jobs``) carries the chats the API routed here because this
+  worker answered their earlier turns (their prompt is in its KV cache); it is read with
+  the model streams whenever a slot is free, and a job on it whose model is not loaded
+  here goes to the model's stream.
 - Before running (with its model loaded: ``worker.jobs``), the worker publishes
   ``started``; PUBLISH answering 0 (no listener) or a cancel marker means the client is
   gone, and the job is dropped unrun. While running, a
@@ -35,6 +43,7 @@ import asyncio
 import contextlib
 import time
 
+import orjson
 import structlog
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -74,12 +83,18 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Each served model's job stream (the engine's models are fixed at start).
         self._models_by_stream = {keys.job_stream(m.name): m.name for m in engine.models()}
+        self._own_stream = keys.worker_jobs(self.id)
         #: Jobs claimed per model and not finished yet.
         self._inflight: dict[str, int] = {}
         self._capacity = asyncio.Event()
         #: Stream entries this process is running (others pending under its id are orphans).
         self._running: set[str] = set()
         self._stopping = asyncio.Event()
+        #: The claim's blocking read: its own connection, so it can be unblocked.
+        self._reader = Redis(connection_pool=client.connection_pool, single_connection_client=True)
+        self._reader_id: int | None = None
+        self._reading = False
+        self._unblocks: set[asyncio.Task[None]] = set()
         self._beat_soon = asyncio.Event()
         self._beat_lock = asyncio.Lock()
         #: The devices as last read (the heartbeat reads them off the event loop).
@@ -135,7 +150,13 @@ class Worker:
             memory_free=free,
             servable=self._needs,
             replicas={
-                name: Replica(self.residency.busy(name), self._needs.get(name, 0), name in kept)
+                name: Replica(
+                    self.residency.busy(name),
+                    self._needs.get(name, 0),
+                    kept=name in kept,
+                    idle_s=self.residency.idle_s(name),
+                    expires_in_s=self.residency.expires_in_s(name),
+                )
                 for name in self.residency.resident()
             },
             loading=set(self.residency.loading),
@@ -146,6 +167,14 @@ class Worker:
         self._beat_soon.set()
         self._capacity.set()
         self.placer.wake.set()
+        if self._reading and self._reader_id is not None:
+            task = asyncio.create_task(self._unblock(self._reader_id))
+            self._unblocks.add(task)
+            task.add_done_callback(self._unblocks.discard)
+
+    async def _unblock(self, reader_id: int) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._client.client_unblock(reader_id)
 
     def stop(self) -> None:
         """Stop claiming now; ``run`` then drains and returns."""
@@ -156,7 +185,7 @@ class Worker:
         self._seen_devices = await asyncio.to_thread(self.devices.snapshot)
         self.residency.adopt_preloaded()
         await control.clear(self._client, self.id)
-        for stream in self.streams:
+        for stream in [*self.streams, self._own_stream]:
             with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
                 await self._client.xgroup_create(stream, keys.JOB_GROUP, id="0", mkstream=True)
         await self._beat()
@@ -183,6 +212,7 @@ class Worker:
         with contextlib.suppress(RedisError, OSError):
             await self.advertiser.withdraw()
             await control.clear(self._client, self.id)
+        await self._reader.aclose()
         await self.engine.close()
         self.devices.close()
         log.info("worker_stopped", worker_id=self.id)
@@ -212,28 +242,57 @@ class Worker:
                 # jobs of dead workers first, checked once per heartbeat interval
                 if time.monotonic() >= next_reclaim:
                     next_reclaim = time.monotonic() + self.settings.heartbeat_interval_s
-                    orphan = await self._reclaim_one(list(free))
+                    orphan = await self._reclaim_one([*free, self._own_stream])
                     if orphan is not None:
                         self._spawn(*orphan)
                         continue
+                if self._reader_id is None:
+                    self._reader_id = int(await self._reader.client_id())
                 # COUNT applies per stream: never more than any of them has room for
-                reply = await self._client.xreadgroup(
-                    keys.JOB_GROUP,
-                    self.id,
-                    dict.fromkeys(free, ">"),
-                    count=min(free.values()),
-                    block=keys.BLOCK_MS,
-                )
+                self._reading = True
+                try:
+                    reply = await self._reader.xreadgroup(
+                        keys.JOB_GROUP,
+                        self.id,
+                        dict.fromkeys([self._own_stream, *free], ">"),
+                        count=min(free.values()),
+                        block=keys.BLOCK_MS,
+                    )
+                finally:
+                    self._reading = False
+                for stream, batch in reply or []:
+                    for entry_id, fields in batch:
+                        await self._take(stream.decode(), entry_id.decode(), fields)
             except (RedisError, OSError) as exc:
+                self._reader_id = None  # a new connection has a new id
                 log.warning("claim_failed", error=str(exc))
                 await asyncio.sleep(1)
                 continue
-            for stream, batch in reply or []:
-                for entry_id, fields in batch:
-                    self._spawn(stream.decode(), entry_id.decode(), fields, attempt=1)
+
+    def _model_of(self, stream: str, fields: dict[bytes, bytes]) -> str:
+        model = self._models_by_stream.get(stream)
+        if model is None:  # this worker's own stream: any model
+            with contextlib.suppress(ValueError, KeyError, AttributeError):
+                model = str(orjson.loads(fields[b"job"])["model"])
+        return model or ""
+
+    async def _take(self, stream: str, entry_id: str, fields: dict[bytes, bytes]) -> None:
+        """Run a claimed job, or hand it back to its model's stream if the model is not
+        loaded here (an eviction raced the read, or a routed job came late)."""
+        model = self._model_of(stream, fields)
+        served = keys.job_stream(model) in self._models_by_stream
+        if not served or self.residency.serving(model) or model in self.residency.resident():
+            self._spawn(stream, entry_id, fields, attempt=1)
+            return
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.xadd(keys.job_stream(model), fields)  # type: ignore[arg-type]
+            pipe.xack(stream, keys.JOB_GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
+            await pipe.execute()
+        log.info("job_handed_back", model=model, entry_id=entry_id)
 
     def _spawn(self, stream: str, entry_id: str, fields: dict[bytes, bytes], attempt: int) -> None:
-        model = self._models_by_stream[stream]
+        model = self._model_of(stream, fields)
         self._inflight[model] = self._inflight.get(model, 0) + 1
         task = asyncio.create_task(self._handle(stream, entry_id, fields, attempt))
         self._tasks.add(task)

@@ -99,7 +99,6 @@ class FakeEngine:
             LoadedModel(
                 name=name,
                 size_bytes=self._sizes[name],
-                size_vram=self._sizes[name],
                 context_length=options.num_ctx or DEFAULT_CONTEXT,
                 expires_at="",  # the worker's residency knows when; the engine does not
                 busy=self.running.get(name, 0),
@@ -228,7 +227,7 @@ _BYTES: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
 def _sized(entry: str) -> tuple[str, int]:
     """``name`` or ``name=4GiB`` -> (name, bytes)."""
     name, _, size = entry.partition("=")
-    return name.strip(), int(_BYTES.validate_python(size.strip())) if size else SIZE_BYTES
+    return name.strip(), int(_BYTES.validate_python(size)) if size else SIZE_BYTES
 
 
 def _advert(name: str, size: int, capabilities: list[str]) -> ModelAdvert:

@@ -27,6 +27,7 @@ def build_engine(settings: Settings, devices: Devices) -> Engine:
             settings.fake_models,
             settings.fake_token_delay_s,
             capabilities=settings.fake_capabilities,
+            load_delay_s=settings.fake_load_delay_s,
             slots=settings.slots,
         )
     from worker.llama.engine import LlamaEngine

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -154,7 +154,11 @@ class Residency:
                 )
             listed.append(
                 base.model_copy(
-                    update={"expires_at": _rfc3339(entry.expiry(now)), "busy": entry.busy}
+                    update={
+                        "expires_at": _rfc3339(entry.expiry(now)),
+                        "busy": entry.busy,
+                        "idle_s": self.idle_s(entry.name),
+                    }
                 )
             )
         return listed
@@ -174,6 +178,18 @@ class Residency:
         entry = self._models.get(name)
         return entry.busy if entry is not None else 0
 
+    def expires_in_s(self, name: str) -> float:
+        """Seconds until ``name`` unloads if no job comes (inf: forever, or not loaded)."""
+        entry = self._models.get(name)
+        return math.inf if entry is None else entry.expiry(time.time()) - time.time()
+
+    def idle_s(self, name: str) -> float:
+        """Seconds since the last job of ``name`` ended (0 while one runs)."""
+        entry = self._models.get(name)
+        if entry is None or entry.busy:
+            return 0.0
+        return max(0.0, time.time() - entry.idle_since)
+
     def kept(self) -> set[str]:
         return set(self._kept)
 
@@ -188,18 +204,23 @@ class Residency:
                 entry.idle_since = time.time()
                 self._schedule_expiry(entry)
 
-    async def place(self, name: str) -> bool:
-        """Load ``name`` with default options, if it is not loaded, making room by evicting
-        idle models only; False, at once, if the room cannot be made now."""
+    async def place(self, name: str, evict: Sequence[str] = ()) -> bool:
+        """Load ``name`` with default options, if it is not loaded, after unloading the
+        ``evict`` models (placement's choice; only those still idle); False, at once, if
+        that does not make room."""
         options = self._engine.effective_options(name, LoadOptions())
         async with self._lock:
             if name in self._models:
                 return True
             need = self._engine.memory_required(name, options)
-            while not self._room(need):
-                if not any(self._evictable(e) for e in self._models.values()):
-                    return False
-                await self._evict_one()
+            for victim in evict:
+                if self._room(need):
+                    break
+                entry = self._models.get(victim)
+                if entry is not None and self._evictable(entry):
+                    await self._unload(entry, reason="evicted")
+            if not self._room(need):
+                return False
             entry = await self._load_now(name, options)
             self._schedule_expiry(entry)  # a job may never come: keep_alive counts from now
             return True

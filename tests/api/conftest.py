@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 import httpx
 import openai
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from api.aliases import Aliases
@@ -65,6 +66,14 @@ async def advertise(
     await redis.set(keys.worker_key(worker_id), worker.model_dump_json(), px=int(ttl_s * 1000))
     await redis.zadd(keys.WORKERS_INDEX, {worker_id: time.time() + ttl_s})
     return worker
+
+
+@pytest.fixture(autouse=True)
+def forget_seen_models(redis_url: str) -> None:
+    """The catalog of models seen outlives a test's workers (that is its job): each test
+    starts with one that knows only what its own workers advertise."""
+    with SyncRedis.from_url(redis_url) as client:
+        client.delete(keys.CATALOG_SEEN)
 
 
 @pytest.fixture

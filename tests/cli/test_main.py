@@ -107,6 +107,44 @@ def test_two_serves_on_one_machine() -> None:
     assert codes == [0, 0]
 
 
+def test_serve_opens_the_api_once_its_worker_serves() -> None:
+    # the API's port opens after the worker advertised: no answer ever lacks the model
+    port = free_port()
+    env = _env(HERD_HOST=f"127.0.0.1:{port}", HERD_FAKE_MODELS='["early:latest"]')
+    serve = subprocess.Popen([*HERD, "serve"], env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert serve.poll() is None, f"herd serve exited with {serve.returncode}"
+            assert time.monotonic() < deadline, "the API never answered"
+            try:
+                first = httpx.get(f"http://127.0.0.1:{port}/api/tags", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.02)
+        assert [m["model"] for m in first.json()["models"]] == ["early:latest"]
+    finally:
+        serve.send_signal(signal.SIGINT)
+        assert _stopped(serve) == 0
+
+
+def test_serve_stopped_while_its_worker_starts_exits_cleanly() -> None:
+    env = _env(HERD_HOST=f"127.0.0.1:{free_port()}")
+    serve = subprocess.Popen(
+        [*HERD, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    assert serve.stderr is not None
+    try:
+        # Redis is up and the worker is being started; it is not ready this soon (imports)
+        while b"embedded_redis_started" not in serve.stderr.readline():
+            assert serve.poll() is None
+        time.sleep(0.2)
+        serve.send_signal(signal.SIGINT)
+        assert _stopped(serve) == 0
+    finally:
+        serve.stderr.close()
+
+
 def _stopped(process: subprocess.Popen[bytes]) -> int:
     try:
         return process.wait(timeout=30)

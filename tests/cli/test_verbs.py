@@ -7,17 +7,16 @@ run on a thread.
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
 import pytest
 
-from cli.verbs import TIMEOUT, VerbError, Verbs, base_url, human_size
+from cli.verbs import VerbError, base_url, human_size
 from shared.hostaddr import parse_host
+from tests.cli.conftest import verb_caller
 from tests.conftest import ApiFactory, WorkerFactory
 from worker.fake_engine import REPLY
 
@@ -25,18 +24,7 @@ from worker.fake_engine import REPLY
 async def _verbs(api: ApiFactory, worker: WorkerFactory) -> tuple[str, Callable[..., Any]]:
     await worker(fake_models=["gemma3:270m", "team/tiny:1"])
     url = str((await api()).base_url)
-
-    async def call(verb: str, *args: Any) -> str:
-        out = io.StringIO()
-
-        def run() -> None:
-            with httpx.Client(base_url=url, timeout=TIMEOUT) as client:
-                getattr(Verbs(client, out), verb)(*args)
-
-        await asyncio.to_thread(run)
-        return out.getvalue()
-
-    return url, call
+    return url, verb_caller(url)
 
 
 async def test_list_show_cp_rm(api: ApiFactory, worker: WorkerFactory) -> None:

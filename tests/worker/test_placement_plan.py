@@ -54,7 +54,7 @@ def test_among_workers_with_room_the_least_busy_is_chosen() -> None:
 def test_an_idle_model_is_evicted_only_when_no_worker_has_room() -> None:
     full = _node("a", 1 * GIB, replicas={"n": Replica(busy=0, memory=4 * GIB)})
     result = plan([full], {"m": Demand(1, 0.0)}, {}, set(), PARAMS)
-    assert [(load.worker, load.evicting) for load in result.loads] == [("a", True)]
+    assert [(load.worker, load.evict) for load in result.loads] == [("a", ("n",))]
 
 
 def test_a_busy_model_is_never_evicted_for_another() -> None:
@@ -144,3 +144,32 @@ def test_workers_without_the_model_file_are_never_chosen() -> None:
     without = _node("a", 10 * GIB, servable={"n": GIB})
     result = plan([without], {"m": Demand(1, 0.0)}, {}, set(), PARAMS)
     assert result.loads == [] and result.unplaceable == ["m"]
+
+
+def test_a_last_replica_goes_only_if_idle_longer_than_the_cold_model_waited() -> None:
+    servable = {"m": 4 * GIB, "n": 5 * GIB, "x": 5 * GIB}
+    replicas = {"n": Replica(0, 5 * GIB, idle_s=0.1), "x": Replica(0, 5 * GIB, idle_s=5.0)}
+    a = _node("a", 0, servable=servable, replicas=replicas)
+    demand = {"m": Demand(1, 1.0)}
+    # the least recently used goes first
+    assert [load.evict for load in plan([a], demand, {}, set(), PARAMS).loads] == [("x",)]
+    # with x busy, n (between two jobs) is not taken for a job that waited less
+    a.replicas["x"] = Replica(1, 5 * GIB)
+    assert plan([a], demand, {}, set(), PARAMS).loads == []
+    # once n has been idle longer than m has waited, the models take turns
+    a.replicas["n"] = Replica(0, 5 * GIB, idle_s=1.5)
+    assert [load.evict for load in plan([a], demand, {}, set(), PARAMS).loads] == [("n",)]
+    # and a cold model that waited starve_s takes any idle replica
+    a.replicas["n"] = Replica(0, 5 * GIB, idle_s=0.0)
+    starving = {"m": Demand(1, PARAMS.starve_s)}
+    assert [load.evict for load in plan([a], starving, {}, set(), PARAMS).loads] == [("n",)]
+
+
+def test_a_replica_of_a_model_held_elsewhere_goes_first() -> None:
+    a = _node("a", 0, replicas={"n": Replica(0, 5 * GIB), "x": Replica(0, 5 * GIB)})
+    b = _node("b", 0, replicas={"n": Replica(1, 5 * GIB), "x": Replica(1, 5 * GIB)})
+    for node in (a, b):
+        node.servable = {"m": 4 * GIB, "n": 5 * GIB, "x": 5 * GIB}
+    demand = {"m": Demand(1, 1.0), "n": Demand(1, 0.5), "x": Demand(1, 0.5)}
+    result = plan([a, b], demand, {}, set(), PARAMS)
+    assert [(load.worker, load.evict) for load in result.loads] == [("a", ("n",))]

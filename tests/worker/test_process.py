@@ -9,7 +9,6 @@ import time
 import orjson
 from redis.asyncio import Redis
 
-from cli.ports import free_port
 from shared import keys
 from shared.errors import WORKER_LOST
 from shared.messages import ControlMessage, DoneEvent
@@ -21,6 +20,7 @@ from tests.conftest import (
     read_advert,
     run_job,
     wait_for_http,
+    worker_env,
 )
 
 CHAT = {"model": "gemma3:270m", "messages": [{"role": "user", "content": "hi"}]}
@@ -28,16 +28,7 @@ TTL_S = 1.0
 
 
 def _worker_env(redis_url: str, worker_id: str, delay_s: float) -> dict[str, str]:
-    return {
-        "HERD_REDIS_URL": redis_url,
-        "HERD_ENGINE": "fake",
-        "HERD_WORKER_ID": worker_id,
-        "HERD_WORKER_HEALTH_ADDR": f"127.0.0.1:{free_port()}",
-        "HERD_HEARTBEAT_INTERVAL_S": "0.2",
-        "HERD_HEARTBEAT_TTL_S": str(TTL_S),
-        "HERD_FAKE_TOKEN_DELAY_S": str(delay_s),
-        "HERD_SHUTDOWN_GRACE_S": "5",
-    }
+    return worker_env(redis_url, worker_id, fake_token_delay_s=delay_s, heartbeat_ttl_s=TTL_S)
 
 
 async def _until_advertised(redis: Redis, worker_id: str) -> None:

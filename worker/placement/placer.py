@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections.abc import Callable, Collection
+from datetime import datetime
 
 import structlog
 from redis.asyncio import Redis
@@ -30,7 +33,12 @@ def node_of(advert: WorkerAdvert) -> Node:
     """Another worker, as its advert describes it."""
     servable = {m.name: m.memory_bytes for m in advert.models}
     replicas = {
-        m.name: Replica(busy=m.busy, memory=servable.get(m.name) or m.size_bytes)
+        m.name: Replica(
+            m.busy,
+            servable.get(m.name) or m.size_bytes,
+            idle_s=m.idle_s,
+            expires_in_s=_seconds_until(m.expires_at),
+        )
         for m in advert.loaded
     }
     return Node(
@@ -42,6 +50,13 @@ def node_of(advert: WorkerAdvert) -> Node:
         loading=set(advert.loading),
         max_loaded=advert.max_loaded,
     )
+
+
+def _seconds_until(stamp: str) -> float:
+    try:
+        return datetime.fromisoformat(stamp).timestamp() - time.time()
+    except ValueError:
+        return math.inf
 
 
 class Placer:
@@ -60,7 +75,11 @@ class Placer:
         self._residency = residency
         self._local = local
         self._tickets = Tickets(client, self._id)
-        self._params = Params(scale_out_wait_s=settings.scale_out_wait_s)
+        # a cold model may take a busy model's place once it waited twice what makes a
+        # hot model ask for a replica
+        self._params = Params(
+            scale_out_wait_s=settings.scale_out_wait_s, starve_s=2 * settings.scale_out_wait_s
+        )
         #: Set to look again at once (a model went, a job finished).
         self.wake = asyncio.Event()
         self.last: Plan | None = None
@@ -101,13 +120,13 @@ class Placer:
         ttl = self._settings.heartbeat_ttl_s
         if not await self._tickets.take(load.model, ttl):
             return  # another worker is loading it
-        log.info("placement_load", model=load.model, reason=load.reason, evicting=load.evicting)
+        log.info("placement_load", model=load.model, reason=load.reason, evict=load.evict)
         refresh = asyncio.create_task(self._hold(load.model, ttl))
         # kept a while after a load, or a failed one (one replica at a time, and a broken
         # file is not retried at every tick); given up at once if there was no room
         cooldown = self._settings.scale_cooldown_s
         try:
-            if not await self._residency.place(load.model):
+            if not await self._residency.place(load.model, load.evict):
                 cooldown = 0.0
         except Exception:  # a model that fails to load must not stop placement
             log.exception("placement_load_failed", model=load.model)

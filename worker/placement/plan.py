@@ -9,21 +9,27 @@ function against a thousand simulated workers.
 The rules, per model, most urgent first (the oldest waiting job):
 
 - below its policy's ``min_replicas``: load one more, even with nothing queued;
-- jobs waiting and no replica (cold): load one, evicting idle models if need be;
+- jobs waiting and no replica (cold): load one, evicting idle models if need be: a
+  replica of a model that has another, or one idle for longer than the cold model's
+  oldest job has waited (the one keep_alive would unload first goes first, as in Ollama);
+  any idle one once that job waited
+  ``starve_s``. Models that share too little memory so take turns, each serving its
+  queue, instead of thrashing between jobs;
 - jobs waiting longer than ``scale_out_wait_s`` and fewer than ``max_replicas``: load one
   more, only into free memory (a scale-out never evicts anything);
 - a model with a load under way or cooling down (its ticket is held) gets no other.
 
 A worker is chosen among those that have the model's file and are loading nothing: first
-those where it fits in free memory, then those where it fits once idle models go; among
-them the fewest busy slots, then the most free memory, then a hash of (model, worker), so
-equal workers share the models out instead of all picking the first.
+those where it fits in free memory, then those where it fits once idle models go (fewest
+evicted); among them the fewest busy slots, then the most free memory, then a hash of
+(model, worker), so equal workers share the models out instead of all picking the first.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -39,6 +45,10 @@ class Replica:
 
     busy: int
     memory: int
+    #: Seconds since its last job ended (0 while busy).
+    idle_s: float = 0.0
+    #: Seconds until its keep_alive unloads it (inf: kept forever).
+    expires_in_s: float = math.inf
     #: Kept for its model's ``min_replicas`` (never evicted).
     kept: bool = False
 
@@ -62,17 +72,13 @@ class Node:
     def busy(self) -> int:
         return sum(r.busy for r in self.replicas.values())
 
-    def evictable(self) -> int:
-        """Memory the idle, unkept replicas hold."""
-        return sum(r.memory for r in self.replicas.values() if not r.busy and not r.kept)
-
-    def has_room(self, need: int, *, evicting: bool) -> bool:
-        idle = sum(1 for r in self.replicas.values() if not r.busy and not r.kept)
-        count = len(self.replicas) + len(self.loading)
-        if self.max_loaded and count >= self.max_loaded and not (evicting and idle):
+    def has_room(self, need: int, evicted: Collection[str] = ()) -> bool:
+        """Whether a model taking ``need`` fits once the ``evicted`` replicas are gone."""
+        count = len(self.replicas) + len(self.loading) - len(evicted)
+        if self.max_loaded and count >= self.max_loaded:
             return False
-        free = self.memory_free + (self.evictable() if evicting else 0)
-        return need <= free
+        freed = sum(self.replicas[name].memory for name in evicted)
+        return need <= self.memory_free + freed
 
 
 @dataclass(frozen=True)
@@ -88,13 +94,19 @@ class Load:
     model: str
     worker: str
     reason: Reason
-    #: Idle models must be evicted on that worker to make room.
-    evicting: bool
+    #: Idle models to unload on that worker first, to make room (in this order).
+    evict: tuple[str, ...] = ()
+
+    @property
+    def evicting(self) -> bool:
+        return bool(self.evict)
 
 
 @dataclass(frozen=True)
 class Params:
     scale_out_wait_s: float = 3.0
+    #: A cold model that waited this long may evict any idle replica.
+    starve_s: float = 10.0
 
 
 @dataclass
@@ -119,6 +131,10 @@ def plan(
     """Loads to start now (at most one per worker), the replicas to keep, and the
     models that fit nowhere. ``held``: models whose load ticket is taken."""
     result = Plan()
+    # copies: the plan marks kept replicas and loads on them, the caller's stay as given
+    nodes = [
+        dataclasses.replace(n, replicas=dict(n.replicas), loading=set(n.loading)) for n in nodes
+    ]
     holders: dict[str, list[Node]] = {}
     for node in nodes:
         for model in [*node.replicas, *node.loading]:
@@ -141,15 +157,17 @@ def plan(
         )
         if reason is None:
             continue
-        chosen = _choose(model, ready, evicting=reason != "scale_out")
+        wait = demand.get(model, Demand()).oldest_wait_s
+        others = _Others(holders, wait if wait < params.starve_s else 0.0)
+        chosen = _choose(model, ready, others if reason != "scale_out" else None)
         if chosen is None:
             if reason == "cold" and not any(
                 model in n.servable and n.servable[model] <= n.memory_total for n in nodes
             ):
                 result.unplaceable.append(model)
             continue
-        node, evicting = chosen
-        result.loads.append(Load(model, node.id, reason, evicting))
+        node, evict = chosen
+        result.loads.append(Load(model, node.id, reason, evict))
         node.loading.add(model)  # this worker takes no second load in this plan
         ready.remove(node)
     return result
@@ -172,21 +190,50 @@ def _reason(
     return None
 
 
-def _choose(model: str, nodes: list[Node], *, evicting: bool) -> tuple[Node, bool] | None:
-    best: tuple[tuple[int, int, int, str], Node, bool] | None = None
+@dataclass(frozen=True)
+class _Others:
+    """What eviction must know of the other models."""
+
+    holders: Mapping[str, list[Node]]
+    #: The last replica of a model goes only if idle at least this long.
+    min_idle_s: float
+
+    def victims(self, node: Node, need: int) -> tuple[str, ...] | None:
+        """The idle replicas to evict on ``node`` for ``need`` bytes, cheapest first;
+        None if the eligible ones are not enough."""
+        order: list[tuple[tuple[bool, float, float, str], str]] = []
+        for name, replica in node.replicas.items():
+            if replica.busy or replica.kept:
+                continue
+            last = len(self.holders.get(name, [])) <= 1
+            if last and replica.idle_s < self.min_idle_s:
+                continue
+            order.append(((last, replica.expires_in_s, -replica.idle_s, name), name))
+        chosen: list[str] = []
+        for _, name in sorted(order):
+            chosen.append(name)
+            if node.has_room(need, chosen):
+                return tuple(chosen)
+        return None
+
+
+def _choose(
+    model: str, nodes: list[Node], others: _Others | None
+) -> tuple[Node, tuple[str, ...]] | None:
+    """The best worker for ``model`` and what it must evict (nothing if ``others`` is None)."""
+    best: tuple[tuple[int, int, int, str], Node, tuple[str, ...]] | None = None
     for node in nodes:
         need = node.servable.get(model)
         if need is None or model in node.replicas:
             continue
-        if node.has_room(need, evicting=False):
-            needs_eviction = False
-        elif evicting and node.has_room(need, evicting=True):
-            needs_eviction = True
-        else:
+        evict: tuple[str, ...] | None = ()
+        if not node.has_room(need):
+            evict = others.victims(node, need) if others is not None else None
+        if evict is None:
             continue
-        key = (int(needs_eviction), node.busy, -node.memory_free, _spread(model, node.id))
+        key = (len(evict), node.busy, -node.memory_free, _spread(model, node.id))
         if best is None or key < best[0]:
-            best = (key, node, needs_eviction)
+            best = (key, node, evict)
     return None if best is None else (best[1], best[2])
 
 

@@ -1,0 +1,64 @@
+"""Herd's own routes, beside Ollama's: GET /api/cluster (workers, replicas, queues) and
+POST /api/scale (a model's replica policy, ``herd scale``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, StrictInt
+
+from api import requests, responses
+from api.state import AliasesDep, StateDep
+from shared import names
+from shared.errors import MODEL_REQUIRED, InvalidRequest, ModelNotFound
+from shared.messages import ReplicaPolicy
+
+router = APIRouter()
+
+
+@router.get("/api/cluster")
+async def cluster(state: StateDep) -> dict[str, Any]:
+    """Every live worker, and each model they advertise: where it is loaded or loading,
+    its queue, its replica policy."""
+    workers = await state.registry.workers(fresh=True)
+    models = sorted({model.name for worker in workers for model in worker.models})
+    queues, policies = await state.registry.demand(models)
+    return responses.cluster(workers, queues, policies)
+
+
+class ScaleRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = ""
+    min_replicas: StrictInt | None = None
+    max_replicas: StrictInt | None = None
+
+
+def _policy(body: ScaleRequest) -> ReplicaPolicy | None:
+    """The policy asked for; None (remove it) for ``min_replicas: 0`` without a maximum."""
+    low, high = body.min_replicas, body.max_replicas
+    if low is None:
+        raise InvalidRequest("min_replicas is required")
+    if low < 0:
+        raise InvalidRequest("min_replicas must be 0 or more")
+    if high is not None and high < max(1, low):
+        raise InvalidRequest("max_replicas must be at least 1 and at least min_replicas")
+    if low == 0 and high is None:
+        return None
+    return ReplicaPolicy(min_replicas=low, max_replicas=high)
+
+
+@router.post("/api/scale")
+async def scale(request: Request, state: StateDep, aliases: AliasesDep) -> dict[str, Any]:
+    """Set how many workers keep a model loaded; the workers' placement reads it."""
+    body = requests.parse(await request.body(), ScaleRequest)
+    if not body.model:
+        raise InvalidRequest(MODEL_REQUIRED)
+    name = names.normalize(body.model)
+    policy = _policy(body)
+    advert = await aliases.resolve(name)
+    if advert is None:
+        raise ModelNotFound.named(name)
+    await state.registry.set_policy(advert.name, policy)
+    return {"model": advert.name, "policy": policy.model_dump() if policy else None}
