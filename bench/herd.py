@@ -58,7 +58,11 @@ class Cluster:
             for index in range(self._workers):
                 port = free_port()
                 health.append(port)
-                env_w = {**env, "HERD_WORKER_HEALTH_ADDR": f"127.0.0.1:{port}"}
+                env_w = {
+                    "HERD_WORKER_ID": f"bench-worker{index}",  # one host, distinct workers
+                    **env,
+                    "HERD_WORKER_HEALTH_ADDR": f"127.0.0.1:{port}",
+                }
                 self._spawn(f"worker{index}", "worker", env_w)
             self._spawn("api", "api", env)
             for port, child in zip(health, self._children, strict=False):
