@@ -12,7 +12,7 @@ from api.aliases import Aliases
 from api.dispatch import Dispatcher, TokenRouter
 from api.registry import Registry
 from api.responses import install_error_handlers
-from api.routes import cluster, health, inference, models, openai
+from api.routes import cluster, dlq, health, inference, models, openai
 from api.state import AppState
 from shared.redis import connect
 from shared.settings import Settings
@@ -57,6 +57,6 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_error_handlers(app)
     http.install(app, settings)
-    for module in (health, models, inference, openai, cluster):
+    for module in (health, models, inference, openai, cluster, dlq):
         app.include_router(module.router)
     return app

@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import structlog
@@ -123,9 +124,12 @@ class TokenRouter:
                 )
             except (RedisError, OSError) as exc:
                 # chunks published while we are disconnected are lost; every waiting request
-                # would see a sequence gap later, so fail them now instead
+                # would see a sequence gap later, so fail them now instead. A fresh PubSub:
+                # redis-py would re-subscribe the failed requests' channels on reconnect,
+                # and their jobs would run for clients that are gone
                 log.warning("token_router_disconnected", error=str(exc))
                 self._fail_all(exc)
+                await self._renew()
                 await asyncio.sleep(0.5)
                 continue
             if message is None or message.get("type") != "message":
@@ -138,6 +142,16 @@ class TokenRouter:
             except asyncio.QueueFull:
                 self._queues.pop(message["channel"], None)
                 _replace_with_error(queue, SlowConsumer("client reads too slowly"))
+                # nobody listens any more: the worker's next chunk reaches no one and it
+                # stops generating at once, instead of writing to the end for nobody
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.unsubscribe(message["channel"])
+
+    async def _renew(self) -> None:
+        old, self._pubsub = self._pubsub, self._client.pubsub(ignore_subscribe_messages=True)
+        if old is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await old.aclose()  # type: ignore[no-untyped-call]
 
     def _fail_all(self, exc: BaseException) -> None:
         for queue in self._queues.values():
@@ -224,6 +238,7 @@ class Dispatcher:
         stream = keys.job_stream(job.model)
         queue = await self._router.subscribe(channel)
         relay = _Relay(job, queue, self._registry, self._check_interval_s, self)
+        admitted: list[Any] = [0]
         try:
             keys_ = [stream]
             args: list[bytes | str | int] = [self._max_queue, job.to_fields()["job"]]
@@ -233,17 +248,22 @@ class Dispatcher:
                 keys_ += [keys.worker_jobs(w) for w in owners]
                 args += owners
             admitted = await self._admit(keys=keys_, args=args)
-            if admitted[0] == 0:
+            if admitted[0] == 0:  # nothing was queued: nothing to cancel either
                 raise Unavailable(QUEUE_FULL, retry_after_s=QUEUE_FULL_RETRY_AFTER_S)
             if admitted[0] == 2:
                 relay.routed = (admitted[1].decode(), admitted[2].decode(), time.monotonic())
             yield relay.events()
         finally:
-            # cleanup must run even while the request's task is being cancelled
+            # cleanup must run even while the request's task is being cancelled, and never
+            # replace the request's own error (Redis may be what failed it)
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await self._router.unsubscribe(channel)
-                if not relay.finished:
-                    await self._client.set(keys.cancel_key(job.request_id), 1, ex=keys.CANCEL_TTL_S)
+                try:
+                    await self._router.unsubscribe(channel)
+                    if admitted[0] and not relay.finished:
+                        key = keys.cancel_key(job.request_id)
+                        await self._client.set(key, 1, ex=keys.CANCEL_TTL_S)
+                except (RedisError, OSError) as exc:
+                    log.warning("request_cleanup_failed", error=str(exc))
 
     async def move(self, job: GenerateJob, owner: str, entry_id: str, *, alive: bool) -> bool:
         """Move a routed job from its worker's stream to its model's (see ``_MOVE``)."""

@@ -10,6 +10,8 @@
   local get through; the rest get 403 with no body.
 - A request body limit: 413 ``{"error": "request body too large"}`` before reading a body
   that announces itself too large, or as soon as a streamed one passes the limit.
+- API keys, when configured (``api.auth``): checked inside the host guard and CORS, before
+  the body limit.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import orjson
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import auth
 from shared.errors import BODY_TOO_LARGE, PayloadTooLarge
 from shared.settings import Settings
 
@@ -248,9 +251,12 @@ def _loopback(host: str) -> bool:
 
 
 def install(app: FastAPI, settings: Settings) -> None:
-    """The middlewares, innermost first: the body limit, the host guard, then CORS (so a
-    preflight from an allowed origin is answered before anything else)."""
+    """The middlewares, innermost first: the body limit, API keys (``api.auth``), the host
+    guard, then CORS (so a preflight from an allowed origin is answered before anything
+    else, and a refusal still carries CORS headers a page can read)."""
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    if _loopback(settings.host.host):
+    loopback = _loopback(settings.host.host)
+    auth.install(app, settings, loopback=loopback)
+    if loopback:
         app.add_middleware(HostGuard)
     app.add_middleware(Cors, origins=settings.origins)

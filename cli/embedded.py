@@ -34,8 +34,12 @@ def redis_server_binary() -> str:
 class EmbeddedRedis:
     """``with EmbeddedRedis() as r: r.url`` — a private redis-server on a free port."""
 
-    def __init__(self, port: int | None = None, data_dir: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, data_dir: Path | None = None, *, appendonly: bool = False
+    ) -> None:
         self.port = port or free_port()
+        #: Log every write (AOF, fsync always): a restart on the same dir keeps the data.
+        self.appendonly = appendonly
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.data_dir = data_dir
         self.process: subprocess.Popen[bytes] | None = None
@@ -60,7 +64,9 @@ class EmbeddedRedis:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "always",
                 "--protected-mode",
                 "yes",
             ],

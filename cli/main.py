@@ -131,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="M",
         help="at most this many workers load it (default: as demand asks)",
     )
+    dlq = sub.add_parser("dlq", help="jobs set aside after their runs stopped workers")
+    dlq.add_argument("action", nargs="?", choices=["list", "drop", "retry"], default="list")
+    dlq.add_argument("entry", nargs="?", help="an entry id (drop, retry)")
     return parser
 
 
@@ -155,6 +158,8 @@ def _client_verb(args: argparse.Namespace, settings: Settings) -> int:
                 verbs.cluster()
             elif args.command == "scale":
                 verbs.scale(args.model, args.min_replicas, args.max_replicas)
+            elif args.command == "dlq":
+                verbs.dlq(args.action, args.entry)
             else:
                 verbs.rm(args.model)
         except VerbError as exc:

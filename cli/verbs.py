@@ -125,6 +125,27 @@ class Verbs:
         limit = f", max {most}" if most is not None else ""
         self._write(f"scaled '{name}': min {policy['min_replicas']}{limit}\n")
 
+    def dlq(self, action: str, entry: str | None) -> None:
+        """List the dead-letter stream, or drop or run one entry again."""
+        if action == "list":
+            rows = [["ID", "MODEL", "KIND", "ATTEMPTS", "LAST WORKER", "SET ASIDE"]]
+            for item in self._request("GET", "/api/dlq")["entries"]:
+                when = datetime.fromtimestamp(item["at_ms"] / 1000).astimezone()
+                rows.append(
+                    [item["id"], item["model"], item["kind"], str(item["attempts"]),
+                     item["last_worker"], when.strftime("%Y-%m-%d %H:%M:%S")]
+                )  # fmt: skip
+            self._write(table(rows) + "\n")
+            return
+        if entry is None:
+            raise VerbError(f"dlq {action} needs an entry id (herd dlq lists them)")
+        if action == "drop":
+            self._request("DELETE", f"/api/dlq/{entry}")
+            self._write(f"dropped {entry}\n")
+            return
+        answer = self._request("POST", f"/api/dlq/{entry}/retry")
+        self._write(f"{answer['response']}\n(done: {answer['done_reason']})\n")
+
     def show(self, model: str) -> None:
         info = self._request("POST", "/api/show", {"model": model})
         details = info.get("details", {})

@@ -9,7 +9,10 @@
     ├── QueueTimeout               503
     ├── Cancelled                  499
     ├── PayloadTooLarge            413
-    └── EngineFailure              500
+    ├── EngineFailure              500
+    ├── Unauthorized               401  (API keys: none, or not one of them)
+    ├── Forbidden                  403  (API keys: the key lacks the route's scope)
+    └── TooManyRequests            429  (API keys: a key's limit; with Retry-After)
 
 A worker turns a raised ``HerdError`` into an ``ErrorEvent``; the API turns the event back
 into the same class, and one handler renders Ollama's ``{"error": message}``.
@@ -29,6 +32,9 @@ class ErrorType(StrEnum):
     TOO_LARGE = "too_large"
     NO_MEMORY = "no_memory"
     INTERNAL = "internal"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
 
 
 STATUS: dict[ErrorType, int] = {
@@ -40,6 +46,9 @@ STATUS: dict[ErrorType, int] = {
     ErrorType.TOO_LARGE: 413,
     ErrorType.NO_MEMORY: 507,
     ErrorType.INTERNAL: 500,
+    ErrorType.UNAUTHORIZED: 401,
+    ErrorType.FORBIDDEN: 403,
+    ErrorType.RATE_LIMITED: 429,
 }
 
 
@@ -128,3 +137,33 @@ WORKER_LOST = (
 )
 MODEL_REQUIRED = "model is required"
 BODY_TOO_LARGE = "request body too large"
+
+
+class Unauthorized(HerdError):
+    """No API key, or not one of the configured ones (the API's own; never from a worker)."""
+
+    error_type = ErrorType.UNAUTHORIZED
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(HerdError):
+    """A valid API key without the scope its route needs."""
+
+    error_type = ErrorType.FORBIDDEN
+
+
+class TooManyRequests(HerdError):
+    """A key over one of its limits; ``retry_after_s`` says when to try again."""
+
+    error_type = ErrorType.RATE_LIMITED
+
+
+UNAUTHORIZED = "unauthorized"
+#: Redis cannot be reached (503 with ``Retry-After: 1``; mid-stream, the last line).
+REDIS_UNAVAILABLE = "redis unavailable: {reason}"
+#: A ``context`` token id outside the model's vocabulary (the API checks what its advert
+#: tells, the worker the rest): a 400, never an id handed to llama.cpp.
+BAD_CONTEXT_TOKEN = "invalid context: token id {token} is not in the model's vocabulary"

@@ -58,8 +58,8 @@ def model_info(digest: str) -> str:
 
 
 def load_ticket(model: str) -> str:
-    """Held (``SET NX PX``) by the one worker loading ``model`` now; it stays a short
-    while after the load ends, so one model gains replicas one at a time."""
+    """Hash of the tickets to load ``model``: worker -> expiry (ms); as many live ones as
+    loads a plan allowed (``worker.placement.tickets``)."""
     return f"{PREFIX}:placing:{model}"
 
 
@@ -86,3 +86,9 @@ def prefix_owner(digest: str) -> str:
 
 #: A conversation's owner is remembered this long (a model's default keep_alive, doubled).
 PREFIX_TTL_S = 600
+
+
+#: Stream of jobs set aside as poison (their runs killed ``HERD_MAX_ATTEMPTS`` workers).
+DEAD_LETTERS = f"{PREFIX}:dlq"
+#: The dead-letter stream keeps at most about this many entries.
+DEAD_LETTERS_MAXLEN = 1000

@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import ByteSize, Field, field_validator
+from pydantic import ByteSize, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.durations import keep_alive_seconds
@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     queue_timeout_s: float = Field(
         300.0, gt=0, description="A job not started within this is dropped; the client gets 503."
     )
+    max_attempts: int = Field(
+        2,
+        ge=1,
+        description="A job whose runs killed this many workers goes to the dead-letter stream.",
+    )
     fake_token_delay_s: float = Field(0.01, ge=0, description="FakeEngine: pause per token.")
     fake_models: list[str] = Field(
         default_factory=lambda: ["gemma3:270m"],
@@ -99,6 +104,23 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
+    )
+    api_keys: SecretStr | None = Field(
+        None,
+        description=(
+            "API keys, comma-separated, each `key` or `name:key[:scopes[:streams[:rpm]]]` "
+            "(scopes joined with +). Set, every route but /, /api/version and the probes "
+            "needs `Authorization: Bearer <key>`."
+        ),
+    )
+    api_keys_file: Path | None = Field(
+        None, description="A file of API keys, one a line in HERD_API_KEYS's format (# comments)."
+    )
+    key_max_streams: int = Field(
+        0, ge=0, description="Inference requests one key may have in flight (0: no limit)."
+    )
+    key_requests_per_minute: int = Field(
+        0, ge=0, description="Requests one key may make per minute, per API process (0: no limit)."
     )
 
     @field_validator("origins", mode="before")

@@ -21,10 +21,12 @@ Delivery semantics:
   ``started``; PUBLISH answering 0 (no listener) or a cancel marker means the client is
   gone, and the job is dropped unrun. While running, a
   token that reaches no listener stops the generation.
-- A worker whose advert expired is dead; live workers ``XCLAIM`` its pending entries when
-  they have a free slot (never merely idle ones: a healthy generation can run for minutes)
-  and run them again as a new attempt. The API fails, rather than repeats, a job whose
-  text the client already saw.
+- A worker whose advert expired is dead; live workers ``XCLAIM`` its pending entries, as
+  many as they have free slots (never merely idle ones: a healthy generation can run for
+  minutes), and run them again as a new attempt. The API fails, rather than repeats, a job
+  whose text the client already saw. A job whose runs stopped ``HERD_MAX_ATTEMPTS``
+  workers is a poison job: it goes to the dead-letter stream (``worker.poison``) and its
+  client gets one error, never another worker's death.
 - Models: the worker claims jobs only of the models it has loaded. Which worker loads a
   model with waiting jobs (or a further replica of a busy one) is placement's decision
   (``worker.placement``), made by every worker from the same view, with a Redis ticket
@@ -52,7 +54,7 @@ from redis.exceptions import RedisError, ResponseError
 from shared import keys
 from shared.messages import DeviceInfo, GenerateJob, LoadOptions
 from shared.settings import Settings
-from worker import control
+from worker import control, poison
 from worker.devices import Devices
 from worker.engine import Engine
 from worker.fake_engine import fake_device
@@ -66,6 +68,9 @@ log = structlog.get_logger()
 
 #: An entry of a dead worker is reclaimed once it is this idle (two janitors can't both win).
 RECLAIM_MIN_IDLE_MS = 1000
+
+#: A pending job to take over: stream, entry id, fields, attempt.
+Orphan = tuple[str, str, dict[bytes, bytes], int]
 
 
 class Worker:
@@ -156,6 +161,7 @@ class Worker:
                     kept=name in kept,
                     idle_s=self.residency.idle_s(name),
                     expires_in_s=self.residency.expires_in_s(name),
+                    slots=self.engine.slots(name),
                 )
                 for name in self.residency.resident()
             },
@@ -185,9 +191,7 @@ class Worker:
         self._seen_devices = await asyncio.to_thread(self.devices.snapshot)
         self.residency.adopt_preloaded()
         await control.clear(self._client, self.id)
-        for stream in [*self.streams, self._own_stream]:
-            with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
-                await self._client.xgroup_create(stream, keys.JOB_GROUP, id="0", mkstream=True)
+        await self._ensure_groups()
         await self._beat()
         self.ready = True
         log.info("worker_ready", worker_id=self.id, models=[m.name for m in self.engine.models()])
@@ -217,6 +221,13 @@ class Worker:
         self.devices.close()
         log.info("worker_stopped", worker_id=self.id)
 
+    async def _ensure_groups(self) -> None:
+        """Create the consumer group on every stream read (again, after a Redis that came
+        back empty: its streams and groups are gone, and every read would be NOGROUP)."""
+        for stream in [*self.streams, self._own_stream]:
+            with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
+                await self._client.xgroup_create(stream, keys.JOB_GROUP, id="0", mkstream=True)
+
     async def _drain(self) -> None:
         if self._tasks:
             log.info(
@@ -242,9 +253,11 @@ class Worker:
                 # jobs of dead workers first, checked once per heartbeat interval
                 if time.monotonic() >= next_reclaim:
                     next_reclaim = time.monotonic() + self.settings.heartbeat_interval_s
-                    orphan = await self._reclaim_one([*free, self._own_stream])
-                    if orphan is not None:
+                    own = {self._own_stream: max(free.values())}
+                    orphans = await self._reclaim({**free, **own})
+                    for orphan in orphans:
                         self._spawn(*orphan)
+                    if orphans:
                         continue
                 if self._reader_id is None:
                     self._reader_id = int(await self._reader.client_id())
@@ -267,6 +280,9 @@ class Worker:
                 self._reader_id = None  # a new connection has a new id
                 log.warning("claim_failed", error=str(exc))
                 await asyncio.sleep(1)
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                    with contextlib.suppress(RedisError, OSError):
+                        await self._ensure_groups()
                 continue
 
     def _model_of(self, stream: str, fields: dict[bytes, bytes]) -> str:
@@ -363,30 +379,45 @@ class Worker:
             except (RedisError, OSError) as exc:
                 log.warning("heartbeat_failed", error=str(exc))
 
-    async def _reclaim_one(
-        self, streams: list[str]
-    ) -> tuple[str, str, dict[bytes, bytes], int] | None:
-        """Take over one pending job of a worker whose advert expired, if there is one.
+    async def _reclaim(self, room: dict[str, int]) -> list[Orphan]:
+        """Take over pending jobs of workers whose advert expired: on each stream of
+        ``room``, as many as it has room for, in one XCLAIM per stream.
 
         Entries pending under this worker's own id that this process is not running were
         left by an earlier process with the same id (a restarted pod keeps its hostname):
-        they are orphans too, though the id's advert is alive again. Only ``streams``
-        (those with room now) are looked at."""
-        for stream in streams:
+        they are orphans too, though the id's advert is alive again. A job whose runs
+        already stopped ``max_attempts`` workers is set aside (``poison``), not run."""
+        taken: list[Orphan] = []
+        alive: dict[str, bool] = {}
+        for stream, limit in room.items():
             pending = await self._client.xpending_range(stream, keys.JOB_GROUP, "-", "+", 100)
+            chosen: dict[str, tuple[str, int]] = {}
             for entry in pending:
-                owner = entry["consumer"].decode()
+                owner, entry_id = entry["consumer"].decode(), entry["message_id"].decode()
                 if owner == self.id:
-                    if entry["message_id"].decode() in self._running:
+                    if entry_id in self._running:
                         continue
-                elif await self._client.exists(keys.worker_key(owner)):
+                else:
+                    if owner not in alive:
+                        alive[owner] = bool(await self._client.exists(keys.worker_key(owner)))
+                    if alive[owner]:
+                        continue
+                chosen[entry_id] = (owner, int(entry["times_delivered"]))
+                if len(chosen) >= limit:
+                    break
+            if not chosen:
+                continue
+            claimed = await self._client.xclaim(
+                stream, keys.JOB_GROUP, self.id, RECLAIM_MIN_IDLE_MS, list(chosen)
+            )
+            for raw_id, fields in claimed:
+                entry_id = raw_id.decode()
+                if not fields:  # deleted meanwhile
                     continue
-                claimed = await self._client.xclaim(
-                    stream, keys.JOB_GROUP, self.id, RECLAIM_MIN_IDLE_MS, [entry["message_id"]]
-                )
-                for entry_id, fields in claimed:
-                    if fields:  # else deleted meanwhile
-                        log.warning("job_reclaimed", from_worker=owner, entry_id=entry_id.decode())
-                        attempt = int(entry["times_delivered"]) + 1
-                        return stream, entry_id.decode(), fields, attempt
-        return None
+                owner, delivered = chosen[entry_id]
+                if delivered >= self.settings.max_attempts:
+                    await poison.set_aside(self._client, stream, entry_id, fields, owner, delivered)
+                    continue
+                log.warning("job_reclaimed", from_worker=owner, entry_id=entry_id)
+                taken.append((stream, entry_id, fields, delivered + 1))
+        return taken

@@ -5,7 +5,8 @@ It reads no model file and implements the whole ``Engine`` protocol deterministi
 - The answer is the words of ``REPLY`` (a multi-byte character among them) at
   ``token_delay_s`` per piece, ``num_predict`` pieces of it if given ("length"), else all
   ("stop"). A prompt containing ``FAIL_MARKER`` fails after two pieces, to test errors in
-  the middle of a stream.
+  the middle of a stream; one containing ``CRASH_MARKER`` kills the worker's process
+  (SIGKILL) before its first piece, to test poison jobs.
 - With ``think`` truthy and the ``thinking`` capability, ``<think>Fake thoughts.</think>``
   comes first; with ``tools`` (and the last message not a tool result) the answer is a
   ``<tool_call>`` for the first tool with arguments made from its schema; ``format`` gives
@@ -30,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
@@ -46,6 +49,7 @@ from worker.schema_example import example
 
 REPLY = "Hello from the herd. Ünïcode survives the trip, token by token."
 FAIL_MARKER = "[[fake:fail]]"
+CRASH_MARKER = "[[fake:crash]]"
 THOUGHTS = "Fake thoughts."
 #: What every loaded fake model "occupies".
 SIZE_BYTES = 1024 * 1024
@@ -173,6 +177,8 @@ class FakeEngine:
         if limit is not None and 0 < limit < len(pieces):  # 0, like -1, means no limit
             pieces, reason = pieces[:limit], "length"
         started = time.perf_counter_ns()
+        if CRASH_MARKER in prompt:
+            os.kill(os.getpid(), signal.SIGKILL)  # as a segfault in llama.cpp would
         for index, text in enumerate(pieces):
             if FAIL_MARKER in prompt and index == 2:
                 raise EngineFailure("fake engine failure")

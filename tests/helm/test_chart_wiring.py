@@ -211,7 +211,10 @@ def test_secrets_are_referenced_never_inlined(profile: str) -> None:
     for workload in _workloads(rendered):
         for ctr in pod_spec(workload)["containers"]:
             for entry in ctr.get("env", []):
-                if "value" in entry:
+                if "value" in entry and entry["name"].endswith("_FILE"):
+                    # a path, to a file of a mounted Secret
+                    assert _on_a_secret_volume(pod_spec(workload), ctr, entry["value"])
+                elif "value" in entry:
                     assert not any(s in str(entry["value"]) for s in secret_values), entry["name"]
                     assert not any(word in entry["name"] for word in SENSITIVE), entry["name"]
                 if "secretKeyRef" not in entry.get("valueFrom", {}):
@@ -225,6 +228,14 @@ def test_secrets_are_referenced_never_inlined(profile: str) -> None:
                 else:
                     assert ref["key"] in secret["data"]
             assert "envFrom" not in ctr
+
+
+def _on_a_secret_volume(spec: Obj, ctr: Obj, path: str) -> bool:
+    secret_volumes = {v["name"] for v in spec["volumes"] if "secret" in v}
+    return any(
+        mount["name"] in secret_volumes and path.startswith(mount["mountPath"].rstrip("/") + "/")
+        for mount in ctr.get("volumeMounts", [])
+    )
 
 
 @pytest.mark.parametrize("profile", PROFILES)

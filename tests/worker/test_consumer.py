@@ -91,7 +91,7 @@ async def test_a_queued_job_whose_client_left_never_runs(
     assert len(_seen(busy.engine)) == 1
 
 
-async def test_full_queue_answers_503(api: ApiFactory, worker: WorkerFactory) -> None:
+async def test_full_queue_answers_503(api: ApiFactory, worker: WorkerFactory, redis: Redis) -> None:
     client = await api(max_queue=1)
     busy = await worker(num_parallel=1, fake_token_delay_s=0.05)
     running = asyncio.create_task(client.post("/api/chat", json=CHAT))
@@ -105,6 +105,7 @@ async def test_full_queue_answers_503(api: ApiFactory, worker: WorkerFactory) ->
     assert openai_rejected.status_code == 503
     assert openai_rejected.headers["retry-after"] == "1"
     assert (await running).status_code == 200
+    assert await redis.keys(keys.cancel_key("*")) == []  # a refusal leaves nothing behind
 
 
 async def test_a_job_nobody_takes_times_out_with_503(

@@ -152,7 +152,8 @@ async def test_a_worker_killed_while_loading_leaves_the_model_placeable(
 
     async def ticket_taken() -> bool:
         nonlocal holder
-        holder = await redis.get(keys.load_ticket("cold:1"))
+        holders: list[bytes] = await redis.hkeys(keys.load_ticket("cold:1"))  # type: ignore[misc]
+        holder = holders[0] if holders else None
         return holder is not None
 
     await until(ticket_taken, timeout_s=10)

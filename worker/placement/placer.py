@@ -38,6 +38,7 @@ def node_of(advert: WorkerAdvert) -> Node:
             servable.get(m.name) or m.size_bytes,
             idle_s=m.idle_s,
             expires_in_s=_seconds_until(m.expires_at),
+            slots=m.slots,
         )
         for m in advert.loaded
     }
@@ -112,14 +113,15 @@ class Placer:
         for model in result.unplaceable:
             log.warning("model_fits_nowhere", model=model)
         for load in result.for_worker(self._id):
-            await self._load(load)
+            allowed = held.get(load.model, 0) + len(result.for_model(load.model))
+            await self._load(load, allowed)
         return result
 
-    async def _load(self, load: Load) -> None:
+    async def _load(self, load: Load, allowed: int) -> None:
         # the ticket outlives a heartbeat's silence: a dead loader's expires with its advert
         ttl = self._settings.heartbeat_ttl_s
-        if not await self._tickets.take(load.model, ttl):
-            return  # another worker is loading it
+        if not await self._tickets.take(load.model, allowed, ttl):
+            return  # the loads planned are under way elsewhere
         log.info("placement_load", model=load.model, reason=load.reason, evict=load.evict)
         refresh = asyncio.create_task(self._hold(load.model, ttl))
         # kept a while after a load, or a failed one (one replica at a time, and a broken

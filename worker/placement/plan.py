@@ -1,33 +1,36 @@
 """Where models should be loaded: a pure function of the cluster's state.
 
 Every worker runs ``plan`` on the same view (the adverts, each model's queue, the replica
-policies, the load tickets) and acts only on the loads it is named for; a load ticket in
-Redis (``worker.placement.tickets``) makes sure that two workers whose views differ for a
-moment never both load one model. The simulation in ``bench.placement`` runs this same
-function against a thousand simulated workers.
+policies, the load tickets) and acts only on the loads it is named for; the load tickets
+in Redis (``worker.placement.tickets``) make sure that workers whose views differ for a
+moment never start more loads of a model than a plan asked for (never two of a cold one).
+The simulation in ``bench.placement`` runs this same function against a thousand
+simulated workers.
 
 The rules, per model, most urgent first (the oldest waiting job):
 
-- below its policy's ``min_replicas``: load one more, even with nothing queued;
+- below its policy's ``min_replicas``: load as many as are missing, even with nothing
+  queued;
 - jobs waiting and no replica (cold): load one, evicting idle models if need be: a
   replica of a model that has another, or one idle for longer than the cold model's
   oldest job has waited (the one keep_alive would unload first goes first, as in Ollama);
-  any idle one once that job waited
-  ``starve_s``. Models that share too little memory so take turns, each serving its
-  queue, instead of thrashing between jobs;
-- jobs waiting longer than ``scale_out_wait_s`` and fewer than ``max_replicas``: load one
-  more, only into free memory (a scale-out never evicts anything);
-- a model with a load under way or cooling down (its ticket is held) gets no other.
+  any idle one once that job waited ``starve_s``. Models that share too little memory so
+  take turns, each serving its queue, instead of thrashing between jobs;
+- jobs waiting longer than ``scale_out_wait_s``: as many more replicas as the waiting jobs
+  would fill (at the slots a replica has), up to ``max_replicas``, into free memory first,
+  else evicting as a cold load does (waiting work is what an eviction is for);
+- the tickets a model holds (loads under way, or done within the cooldown) count as loads
+  made: the next step comes only after the cooldown, seeing what those replicas took.
 
 A worker is chosen among those that have the model's file and are loading nothing: first
 those where it fits in free memory, then those where it fits once idle models go (fewest
-evicted); among them the fewest busy slots, then the most free memory, then a hash of
-(model, worker), so equal workers share the models out instead of all picking the first.
+evicted); among them the fewest busy slots, then the tightest fit (small models leave the
+big devices to the big models), then a hash of (model, worker), so that equal workers
+share the models out instead of all picking the first. One load per worker per plan.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 from collections.abc import Collection, Mapping
@@ -49,6 +52,8 @@ class Replica:
     idle_s: float = 0.0
     #: Seconds until its keep_alive unloads it (inf: kept forever).
     expires_in_s: float = math.inf
+    #: Jobs it runs at once.
+    slots: int = 1
     #: Kept for its model's ``min_replicas`` (never evicted).
     kept: bool = False
 
@@ -120,74 +125,76 @@ class Plan:
     def for_worker(self, worker: str) -> list[Load]:
         return [load for load in self.loads if load.worker == worker]
 
+    def for_model(self, model: str) -> list[Load]:
+        return [load for load in self.loads if load.model == model]
+
 
 def plan(
     nodes: Collection[Node],
     demand: Mapping[str, Demand],
     policies: Mapping[str, ReplicaPolicy],
-    held: Collection[str],
+    held: Mapping[str, int],
     params: Params,
 ) -> Plan:
-    """Loads to start now (at most one per worker), the replicas to keep, and the
-    models that fit nowhere. ``held``: models whose load ticket is taken."""
+    """Loads to start now (at most one per worker), the replicas to keep, and the models
+    that fit nowhere. ``held``: per model, its load tickets taken (loads under way or
+    cooling down). The nodes are not changed."""
     result = Plan()
-    # copies: the plan marks kept replicas and loads on them, the caller's stay as given
-    nodes = [
-        dataclasses.replace(n, replicas=dict(n.replicas), loading=set(n.loading)) for n in nodes
-    ]
     holders: dict[str, list[Node]] = {}
     for node in nodes:
         for model in [*node.replicas, *node.loading]:
             holders.setdefault(model, []).append(node)
+    kept: set[tuple[str, str]] = set()
     for model, policy in policies.items():
         for node in sorted(holders.get(model, []), key=lambda n: n.id)[: policy.min_replicas]:
             result.kept.setdefault(node.id, set()).add(model)
-            if model in node.replicas:
-                node.replicas[model] = dataclasses.replace(node.replicas[model], kept=True)
+            kept.add((node.id, model))
 
     wanted = {m for m, d in demand.items() if d.waiting > 0}
     wanted |= {m for m, p in policies.items() if p.min_replicas > 0}
     urgency = sorted(wanted, key=lambda m: (-demand.get(m, Demand()).oldest_wait_s, m))
-    ready = [node for node in nodes if not node.loading]
+    taken: set[str] = {node.id for node in nodes if node.loading}  # one load per worker
     for model in urgency:
-        if model in held:
+        queue = demand.get(model, Demand())
+        reason, count = _wanted(model, holders.get(model, []), queue, policies.get(model), params)
+        count -= held.get(model, 0)  # loads under way, or just done, count as made
+        if reason is None or count <= 0:
             continue
-        reason = _reason(
-            len(holders.get(model, [])), demand.get(model, Demand()), policies.get(model), params
-        )
-        if reason is None:
-            continue
-        wait = demand.get(model, Demand()).oldest_wait_s
-        others = _Others(holders, wait if wait < params.starve_s else 0.0)
-        chosen = _choose(model, ready, others if reason != "scale_out" else None)
-        if chosen is None:
-            if reason == "cold" and not any(
-                model in n.servable and n.servable[model] <= n.memory_total for n in nodes
-            ):
-                result.unplaceable.append(model)
-            continue
-        node, evict = chosen
-        result.loads.append(Load(model, node.id, reason, evict))
-        node.loading.add(model)  # this worker takes no second load in this plan
-        ready.remove(node)
+        wait = queue.oldest_wait_s
+        others = _Others(holders, kept, wait if wait < params.starve_s else 0.0)
+        for _ in range(count):
+            chosen = _choose(model, nodes, taken, others)
+            if chosen is None:
+                break
+            node, evict = chosen
+            result.loads.append(Load(model, node.id, reason, evict))
+            taken.add(node.id)
+        fits_somewhere = any(n.servable.get(model, math.inf) <= n.memory_total for n in nodes)
+        if reason == "cold" and not result.for_model(model) and not fits_somewhere:
+            result.unplaceable.append(model)
     return result
 
 
-def _reason(
-    replicas: int, demand: Demand, policy: ReplicaPolicy | None, params: Params
-) -> Reason | None:
+def _wanted(
+    model: str, holders: list[Node], queue: Demand, policy: ReplicaPolicy | None, params: Params
+) -> tuple[Reason | None, int]:
+    """Why ``model`` needs loads now, and how many (before the tickets held)."""
     policy = policy or ReplicaPolicy()
-    if policy.max_replicas is not None and replicas >= policy.max_replicas:
-        return None
+    replicas = len(holders)
+    room = math.inf if policy.max_replicas is None else policy.max_replicas - replicas
+    if room <= 0:
+        return None, 0
     if replicas < policy.min_replicas:
-        return "min_replicas"
-    if demand.waiting <= 0:
-        return None
+        return "min_replicas", int(min(room, policy.min_replicas - replicas))
+    if queue.waiting <= 0:
+        return None, 0
     if replicas == 0:
-        return "cold"
-    if demand.oldest_wait_s >= params.scale_out_wait_s:
-        return "scale_out"
-    return None
+        return "cold", 1
+    if queue.oldest_wait_s < params.scale_out_wait_s:
+        return None, 0
+    # as many more replicas as the waiting jobs fill, at the slots the present ones have
+    slots = max((n.replicas[model].slots for n in holders if model in n.replicas), default=1)
+    return "scale_out", int(min(room, -(-queue.waiting // max(1, slots))))
 
 
 @dataclass(frozen=True)
@@ -195,6 +202,8 @@ class _Others:
     """What eviction must know of the other models."""
 
     holders: Mapping[str, list[Node]]
+    #: (worker, model) pairs kept for a replica policy.
+    kept: set[tuple[str, str]]
     #: The last replica of a model goes only if idle at least this long.
     min_idle_s: float
 
@@ -203,7 +212,7 @@ class _Others:
         None if the eligible ones are not enough."""
         order: list[tuple[tuple[bool, float, float, str], str]] = []
         for name, replica in node.replicas.items():
-            if replica.busy or replica.kept:
+            if replica.busy or replica.kept or (node.id, name) in self.kept:
                 continue
             last = len(self.holders.get(name, [])) <= 1
             if last and replica.idle_s < self.min_idle_s:
@@ -218,20 +227,24 @@ class _Others:
 
 
 def _choose(
-    model: str, nodes: list[Node], others: _Others | None
+    model: str, nodes: Collection[Node], taken: set[str], others: _Others | None
 ) -> tuple[Node, tuple[str, ...]] | None:
-    """The best worker for ``model`` and what it must evict (nothing if ``others`` is None)."""
+    """The best worker for ``model`` and what it must evict (nothing if ``others`` is
+    None): fewest evictions, fewest busy slots, then the tightest fit (small models do not
+    fill the big devices that big models need), then the spread hash."""
     best: tuple[tuple[int, int, int, str], Node, tuple[str, ...]] | None = None
     for node in nodes:
         need = node.servable.get(model)
-        if need is None or model in node.replicas:
+        if need is None or node.id in taken or model in node.replicas:
             continue
         evict: tuple[str, ...] | None = ()
         if not node.has_room(need):
             evict = others.victims(node, need) if others is not None else None
         if evict is None:
             continue
-        key = (len(evict), node.busy, -node.memory_free, _spread(model, node.id))
+        freed = sum(node.replicas[name].memory for name in evict)
+        leftover = node.memory_free + freed - need
+        key = (len(evict), node.busy, leftover, _spread(model, node.id))
         if best is None or key < best[0]:
             best = (key, node, evict)
     return None if best is None else (best[1], best[2])

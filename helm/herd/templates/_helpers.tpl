@@ -175,6 +175,20 @@ herd-workers
 {{- end }}
 
 {{/*
+Return the name of the Secret the chart creates for api.auth.keys.
+*/}}
+{{- define "herd.api.keysSecret" -}}
+{{- include "herd.componentName" (dict "ctx" . "component" "api-keys") }}
+{{- end }}
+
+{{/*
+Return "true" when the API checks API keys (api.auth.existingSecret or api.auth.keys is set).
+*/}}
+{{- define "herd.api.auth" -}}
+{{- if or .Values.api.auth.existingSecret .Values.api.auth.keys }}true{{- end }}
+{{- end }}
+
+{{/*
 Return "true" when the API is reachable from outside the cluster.
 */}}
 {{- define "herd.api.exposed" -}}
