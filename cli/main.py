@@ -138,7 +138,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _client_verb(args: argparse.Namespace, settings: Settings) -> int:
-    with httpx.Client(base_url=base_url(settings.host), timeout=TIMEOUT) as client:
+    key = settings.api_key
+    headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key is not None else {}
+    with httpx.Client(base_url=base_url(settings.host), timeout=TIMEOUT, headers=headers) as client:
         verbs = Verbs(client)
         try:
             if args.command in ("list", "ls"):

@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     key_max_streams: int = Field(
         0, ge=0, description="Inference requests one key may have in flight (0: no limit)."
     )
+    api_key: SecretStr | None = Field(
+        None, description="The key the `herd` client verbs send (Authorization: Bearer)."
+    )
     key_requests_per_minute: int = Field(
         0, ge=0, description="Requests one key may make per minute, per API process (0: no limit)."
     )

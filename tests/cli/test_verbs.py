@@ -85,3 +85,23 @@ def test_helpers() -> None:
         "253.0 MB",
         "4.1 GB",
     ]
+
+
+async def test_the_cli_sends_herd_api_key(api: ApiFactory, worker: WorkerFactory) -> None:
+    await worker(fake_models=["gemma3:270m"])
+    url = str((await api(api_keys="ops:s3cret-key-for-tests")).base_url)
+
+    async def ls(**extra: str) -> tuple[int | None, str]:
+        env = {k: v for k, v in os.environ.items() if k != "HERD_API_KEY"}
+        env.update(HERD_HOST=url, **extra)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli", "ls", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await process.communicate()
+        return process.returncode, (out + err).decode()
+
+    code, text = await ls()
+    assert code == 1 and "unauthorized" in text
+    code, text = await ls(HERD_API_KEY="s3cret-key-for-tests")
+    assert code == 0 and "gemma3:270m" in text
