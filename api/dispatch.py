@@ -18,6 +18,14 @@ The relay enforces the failure rule: events of an older attempt are dropped, a s
 gap fails the stream, a worker whose heartbeat expired fails it if tokens were already
 sent and otherwise waits for another worker to take the job over; a job not started
 before its deadline gets 503. Every request ends: done, one error, or an HTTP error.
+
+Mid-stream continuation: for a continuable job (``GenerateJob.continuable``) whose worker
+died after tokens were sent, the relay waits (``RESUME_WAIT_S``) for the worker that
+takes the job over: its ``started`` says after how many of the answer's tokens it goes on
+(``resumed_at``), and only if that is exactly the count the last chunk received carried
+(``covered``) does the stream go on, with no second ``started`` and no error: one answer,
+its eval_count over both workers, its eval_duration the two workers' decoding. Anything
+else is the one error line it always was.
 """
 
 from __future__ import annotations
@@ -172,6 +180,9 @@ Event = StartedEvent | TokenEvent | DoneEvent
 
 #: How long a job routed to the worker holding its prefix waits for it to take the job.
 AFFINITY_WAIT_S = 1.0
+#: How long a stream whose worker died waits for another worker to go on with it (one
+#: with the model loaded was live when it died; it takes the job at its next free slot).
+RESUME_WAIT_S = 30.0
 
 # XLEN counts queued and running jobs (workers delete an entry once it is done). Checking and
 # adding in one script costs one round trip and keeps concurrent requests from overshooting.
@@ -314,6 +325,12 @@ class _Relay:
         #: its first token: before that it may still move to the model's stream.
         self.routed: tuple[str, str, float] | None = None
         self._attempt, self._expected = 0, 0
+        #: The answer's tokens the last chunk covered; its first and last chunk's times.
+        self._covered, self._first_ns, self._last_ns = 0, 0, 0
+        #: Waiting for another worker to go on with the answer, until then (monotonic).
+        self._resume_until: float | None = None
+        #: Decoding time of earlier attempts (a continuation's done adds it).
+        self._eval_before_ns = 0
 
     async def events(self) -> AsyncIterator[Event]:
         held: bytes | BaseException | None = None
@@ -337,9 +354,12 @@ class _Relay:
             event = decode_event(item)
             if event.attempt < self._attempt:
                 continue  # a late chunk of an attempt that was taken over
+            resumed = False
             if event.attempt > self._attempt:
                 if self._n_tokens:
-                    raise Unavailable(WORKER_LOST)
+                    if not self._continues(event):
+                        raise Unavailable(WORKER_LOST)
+                    resumed = True
                 self._attempt, self._expected = event.attempt, 0
             if event.seq != self._expected:
                 raise Unavailable(
@@ -351,9 +371,17 @@ class _Relay:
                 raise from_type(event.error_type, event.message)
             if isinstance(event, StartedEvent):
                 self._worker = event.worker_id
+                if resumed:  # the client has its started: the answer just goes on
+                    self._resume_until = None
+                    self._eval_before_ns += self._last_ns - self._first_ns
+                    self._first_ns = self._last_ns = 0
+                    log.warning("stream_continued", worker_id=event.worker_id, at=self._covered)
+                    continue
             elif isinstance(event, TokenEvent):
                 self._n_tokens += 1
                 self.routed = None
+                self._last_ns = time.perf_counter_ns()
+                self._first_ns = self._first_ns or self._last_ns
                 # tokens that arrived together go out as one chunk: one line, one write
                 while held is None and not self._queue.empty():
                     raw = self._queue.get_nowait()
@@ -366,8 +394,13 @@ class _Relay:
                         break
                     event, self._expected = _joined(event, after), self._expected + 1
                 self._text.append(event.text)
+                self._covered = event.covered or self._covered
             else:
                 self.finished = True
+                if self._eval_before_ns:
+                    event = event.model_copy(
+                        update={"eval_ns": event.eval_ns + self._eval_before_ns}
+                    )
                 if self._worker is not None:
                     self._dispatcher.remember(self._job, self._worker, "".join(self._text))
             yield event
@@ -392,10 +425,26 @@ class _Relay:
                 return
             log.warning("worker_lost", worker_id=self._worker, tokens_sent=self._n_tokens)
             if self._n_tokens:
-                raise Unavailable(WORKER_LOST)
+                # go on only with another replica ready to take it over
+                others = set(await self._registry.holders(self._job.model)) - {self._worker}
+                if not (self._job.continuable() and self._covered and others):
+                    raise Unavailable(WORKER_LOST)
+                self._resume_until = time.monotonic() + RESUME_WAIT_S
             self._worker = None  # another worker reclaims the job; wait for its attempt
+        elif self._resume_until is not None:
+            if time.monotonic() > self._resume_until:
+                raise Unavailable(WORKER_LOST)
         elif time.time() * 1000 > self._job.deadline_ms:
             raise QueueTimeout("timed out waiting for a worker")
+
+    def _continues(self, event: Event | ErrorEvent) -> bool:
+        """Whether a new attempt's first event goes on exactly where the client is."""
+        return (
+            isinstance(event, StartedEvent)
+            and event.seq == 0
+            and event.resumed_at > 0
+            and event.resumed_at == self._covered
+        )
 
 
 def _joined(first: TokenEvent, then: TokenEvent) -> TokenEvent:

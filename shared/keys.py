@@ -36,6 +36,12 @@ def cancel_key(request_id: str) -> str:
     return f"{PREFIX}:cancel:{request_id}"
 
 
+def progress(request_id: str) -> str:
+    """The token ids of a continuable answer so far (int32s, appended as chunks go out),
+    for the worker that takes over from a dead one; it expires like a cancel marker."""
+    return f"{PREFIX}:progress:{request_id}"
+
+
 def worker_key(worker_id: str) -> str:
     """A worker's advert (JSON), expiring on its own when the heartbeat stops."""
     return f"{PREFIX}:worker:{worker_id}"

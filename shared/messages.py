@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from shared import thinking
 from shared.errors import ErrorType
 
 WIRE_VERSION: Literal[1] = 1
@@ -118,6 +119,21 @@ class GenerateJob(_Wire):
     normalize: bool = True
     enqueued_at_ms: int
     deadline_ms: int
+    #: A continuation (set by the worker that takes over, never sent by the API): the
+    #: answer's tokens so far, which the engine reads after the prompt and goes on from.
+    resume: list[int] | None = None
+
+    def continuable(self) -> bool:
+        """Whether another worker can go on with the answer where a dead one stopped: its
+        chunks are the model's text as it comes (no tools, format, thinking or logprobs,
+        whose parsers and samplers keep state a token list does not restore)."""
+        return (
+            self.kind in ("chat", "generate")
+            and not self.tools
+            and self.format is None
+            and not self.logprobs
+            and not thinking.requested(self.think)
+        )
 
     def to_fields(self) -> dict[str, bytes]:
         return {"job": orjson.dumps(self.model_dump(exclude_none=True))}
@@ -140,6 +156,9 @@ class StartedEvent(_Event):
     worker_id: str
     #: Time from enqueue until the worker took the job (queue wait plus model load).
     load_ns: int = 0
+    #: A continuation: the answer's tokens already sent (by a worker that died), which
+    #: this attempt goes on from (0: from the start).
+    resumed_at: int = 0
 
 
 class TokenEvent(_Event):
@@ -148,6 +167,9 @@ class TokenEvent(_Event):
     thinking: str = ""
     tool_calls: list[ToolCall] | None = None
     logprobs: list[Logprob] | None = None
+    #: The answer's tokens generated up to this chunk, over every attempt (a continuation
+    #: goes on from the last count its client received).
+    covered: int = 0
 
 
 class DoneEvent(_Event):

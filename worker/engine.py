@@ -28,6 +28,9 @@ class Piece:
     #: On an answer's first piece: the prompt ended inside a thinking block (a template
     #: that writes ``<think>`` itself), so the answer's text up to ``</think>`` is thinking.
     thinking_opened: bool = False
+    #: The answer's token ids generated since the previous piece (a continuation on
+    #: another worker goes on from them).
+    tokens: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class Embeddings:
 
 class Engine(Protocol):
     name: str
+    #: Whether ``generate`` honours ``job.resume`` (goes on from those answer tokens).
+    continues: bool
 
     def models(self) -> list[ModelAdvert]:
         """The models this engine can serve (loaded or not)."""

@@ -23,6 +23,8 @@ It reads no model file and implements the whole ``Engine`` protocol deterministi
   file, what loading it takes (``memory_required``, whatever the options) and what it
   occupies. ``FakeDevice`` is the one device of ``HERD_FAKE_MEMORY`` the worker advertises,
   so placement is testable without GPUs.
+- A piece is a token: its id is its index in the answer; a continuation (``job.resume``)
+  goes on after the pieces it names, as the llama engine goes on after its tokens.
 - Slots as in the llama engine: ``slots`` generations of a model run at once (``None``:
   ``AUTO_SLOTS``, as ``auto`` picks on a CPU); more wait for a free one.
 """
@@ -68,6 +70,7 @@ INPUT_TOO_LONG = "the input length exceeds the context length"
 
 class FakeEngine:
     name = "fake"
+    continues = True
 
     def __init__(
         self,
@@ -179,11 +182,15 @@ class FakeEngine:
         started = time.perf_counter_ns()
         if CRASH_MARKER in prompt:
             os.kill(os.getpid(), signal.SIGKILL)  # as a segfault in llama.cpp would
+        skip = len(job.resume or [])  # a continuation: those pieces were sent already
         for index, text in enumerate(pieces):
+            if index < skip:
+                continue
             if FAIL_MARKER in prompt and index == 2:
                 raise EngineFailure("fake engine failure")
             await asyncio.sleep(self._delay)
-            yield Piece(text, _logprobs(text, index, job.top_logprobs) if job.logprobs else None)
+            logprobs = _logprobs(text, index, job.top_logprobs) if job.logprobs else None
+            yield Piece(text, logprobs, tokens=(index,))
         yield Finish(
             done_reason=reason,
             n_prompt_tokens=max(1, len(prompt.split())),

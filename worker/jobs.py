@@ -9,6 +9,10 @@ publishes ``started`` (its ``load_ns`` covers the queue wait and the load, Ollam
 - ``embed``: the engine's vectors, cut to ``dimensions`` and normalised, on the done event.
 - ``chat``/``generate``: the engine's pieces through ``worker.postprocess`` (thinking, tool
   calls), as token events; a token that reaches nobody stops the generation.
+- A continuable job (``GenerateJob.continuable``, on an engine that ``continues``)
+  records its answer's token ids as its chunks go out; a later attempt (the worker that ran
+  it died) reads them and the engine goes on from there (``started`` says from where),
+  so its client sees one answer.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ from shared.errors import EngineFailure, ErrorType, HerdError
 from shared.messages import GenerateJob
 from worker.embeddings import shape_embeddings
 from worker.engine import Engine, Finish
-from worker.postprocess import Chunk, Postprocessor
-from worker.publisher import Batcher, Publisher
+from worker.postprocess import Chunk, Postprocessor, thinks
+from worker.publisher import Batcher, Publisher, unpack
 from worker.residency import Residency
 
 log = structlog.get_logger()
@@ -51,7 +55,9 @@ class JobRunner:
         self._refresh_advert = refresh_advert
 
     async def run(self, job: GenerateJob, attempt: int) -> None:
-        publisher = Publisher(self._batcher, job.request_id, attempt)
+        advert = next((m for m in self._engine.models() if m.name == job.model), None)
+        continuable = self._engine.continues and job.continuable() and not thinks(job, advert)
+        publisher = Publisher(self._batcher, job.request_id, attempt, continuable=continuable)
         started = time.perf_counter()
         outcome = "dropped"
         try:
@@ -65,7 +71,10 @@ class JobRunner:
                 if fresh or job.keep_alive_s is not None:
                     await self._refresh_advert()
                 waited_ns = max(0, int(time.time() * 1000) - job.enqueued_at_ms) * 1_000_000
-                if not await publisher.started(self._worker_id, waited_ns):
+                if continuable and attempt > 1:
+                    job = await self._resumed(job)
+                resumed_at = len(job.resume or [])
+                if not await publisher.started(self._worker_id, waited_ns, resumed_at):
                     return
                 outcome = "cancelled"
                 if job.kind == "load":
@@ -98,6 +107,14 @@ class JobRunner:
                 seconds=round(time.perf_counter() - started, 3),
             )
 
+    async def _resumed(self, job: GenerateJob) -> GenerateJob:
+        """``job`` going on from the answer tokens an earlier attempt recorded, if any."""
+        recorded = await self._client.get(keys.progress(job.request_id))
+        tokens = unpack(recorded) if recorded else []
+        if tokens:
+            log.warning("job_continued", tokens=len(tokens))
+        return job.model_copy(update={"resume": tokens or None})
+
     async def _embed(self, job: GenerateJob, publisher: Publisher) -> str:
         if not job.inputs:  # Ollama: an empty input only loads the model
             await publisher.embedded([], 0, 0)
@@ -114,12 +131,20 @@ class JobRunner:
         advert = next((m for m in self._engine.models() if m.name == job.model), None)
         post = Postprocessor.for_job(job, advert)
         outputs = self._engine.generate(job)
+        tokens: list[int] = []  # generated, not yet on a chunk (their text held back)
         try:
             async for output in outputs:
-                chunks = post.finish() if isinstance(output, Finish) else post.feed(output)
-                for chunk in chunks:
-                    if not await _send(publisher, chunk):
+                if isinstance(output, Finish):
+                    chunks = post.finish()
+                else:
+                    tokens += output.tokens
+                    chunks = post.feed(output)
+                for index, chunk in enumerate(chunks):
+                    last = index == len(chunks) - 1
+                    if not await _send(publisher, chunk, tokens if last else ()):
                         return "cancelled"  # nobody listens any more: the client went away
+                    if last:
+                        tokens = []
                 if isinstance(output, Finish):
                     await publisher.done(output)
                     # the prompt tokens a slot's cache saved (Ollama's counts include them)
@@ -132,8 +157,12 @@ class JobRunner:
         raise EngineFailure("the engine ended the generation without finishing it")
 
 
-async def _send(publisher: Publisher, chunk: Chunk) -> bool:
+async def _send(publisher: Publisher, chunk: Chunk, tokens: list[int] | tuple[()]) -> bool:
     receivers = await publisher.token(
-        chunk.text, thinking=chunk.thinking, tool_calls=chunk.tool_calls, logprobs=chunk.logprobs
+        chunk.text,
+        thinking=chunk.thinking,
+        tool_calls=chunk.tool_calls,
+        logprobs=chunk.logprobs,
+        tokens=tokens,
     )
     return receivers > 0

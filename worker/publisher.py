@@ -4,11 +4,18 @@ Every job of a worker publishes through one ``Batcher``: the PUBLISHes that jobs
 while the event loop runs (a batch step hands a token to every running sequence at once)
 go to Redis in one pipeline, one write and one read, not a round trip each. A job awaits
 its PUBLISH before it sends the next, so a channel's events keep their order.
+
+A continuable job (``GenerateJob.continuable``) also records its answer's token ids in
+``keys.progress``, in the same pipeline and before the PUBLISH of the chunk that covers
+them: whatever a client received, the ids are there for a worker that takes over (and the
+chunk says how many, ``covered``, so the API can tell that it goes on from the right one).
 """
 
 from __future__ import annotations
 
 import asyncio
+from array import array
+from collections.abc import Sequence
 from typing import Literal
 
 from redis.asyncio import Redis
@@ -32,13 +39,14 @@ class Batcher:
 
     def __init__(self, client: Redis) -> None:
         self._client = client
-        self._queued: list[tuple[str, bytes, asyncio.Future[int]]] = []
+        self._queued: list[tuple[str, bytes, _Record | None, asyncio.Future[int]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def publish(self, channel: str, message: bytes) -> int:
-        """How many subscribers received ``message``."""
+    async def publish(self, channel: str, message: bytes, record: _Record | None = None) -> int:
+        """How many subscribers received ``message``; ``record`` (key, bytes to append,
+        or None to delete the key) is written first."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queued.append((channel, message, future))
+        self._queued.append((channel, message, record, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
         return await future
@@ -50,39 +58,84 @@ class Batcher:
                 queued, self._queued = self._queued, []
                 try:
                     async with self._client.pipeline(transaction=False) as pipe:
-                        for channel, message, _ in queued:
+                        for channel, message, record, _ in queued:
+                            if record is not None:
+                                key, data = record
+                                if data is None:
+                                    pipe.delete(key)
+                                else:
+                                    pipe.append(key, data)
+                                    pipe.expire(key, keys.CANCEL_TTL_S)
                             pipe.publish(channel, message)
                         replies = await pipe.execute()
+                    flags = _publishes(queued)
+                    counts = [r for r, flag in zip(replies, flags, strict=True) if flag]
                 except Exception as exc:  # each waiting job hears of it
                     for *_, future in queued:
                         if not future.done():
                             future.set_exception(exc)
                     continue
-                for (*_, future), receivers in zip(queued, replies, strict=True):
+                for (*_, future), receivers in zip(queued, counts, strict=True):
                     if not future.done():
                         future.set_result(int(receivers))
         finally:
             self._flusher = None
 
 
+#: What a ``Batcher.publish`` writes before its message: (key, bytes to append) or
+#: (key, None): delete it.
+_Record = tuple[str, bytes | None]
+
+
+def _publishes(queued: list[tuple[str, bytes, _Record | None, asyncio.Future[int]]]) -> list[bool]:
+    """For each reply of a flushed pipeline, whether it is a PUBLISH's."""
+    flags: list[bool] = []
+    for _, _, record, _ in queued:
+        if record is not None:
+            flags += [False] if record[1] is None else [False, False]
+        flags.append(True)
+    return flags
+
+
+def pack(tokens: Sequence[int]) -> bytes:
+    return array("i", tokens).tobytes()
+
+
+def unpack(data: bytes) -> list[int]:
+    ids = array("i")
+    ids.frombytes(data[: len(data) - len(data) % ids.itemsize])
+    return ids.tolist()
+
+
 class Publisher:
-    def __init__(self, client: Batcher, request_id: str, attempt: int) -> None:
+    def __init__(
+        self, client: Batcher, request_id: str, attempt: int, *, continuable: bool = False
+    ) -> None:
         self._client = client
         self._channel = keys.token_channel(request_id)
+        self._progress = keys.progress(request_id) if continuable else None
         self.request_id = request_id
         self.attempt = attempt
         self._seq = 0
+        #: The answer's tokens recorded so far (over every attempt).
+        self.covered = 0
 
     def _next(self) -> int:
         seq, self._seq = self._seq, self._seq + 1
         return seq
 
-    async def _publish(self, event: StartedEvent | TokenEvent | DoneEvent | ErrorEvent) -> int:
-        receivers: int = await self._client.publish(self._channel, encode_event(event))
+    async def _publish(
+        self,
+        event: StartedEvent | TokenEvent | DoneEvent | ErrorEvent,
+        record: _Record | None = None,
+    ) -> int:
+        receivers: int = await self._client.publish(self._channel, encode_event(event), record)
         return receivers
 
-    async def started(self, worker_id: str, load_ns: int = 0) -> int:
-        """Returns how many API processes listen: 0 means nobody waits for this job."""
+    async def started(self, worker_id: str, load_ns: int = 0, resumed_at: int = 0) -> int:
+        """Returns how many API processes listen: 0 means nobody waits for this job.
+        ``resumed_at``: a continuation, going on after that many tokens of the answer."""
+        self.covered = resumed_at
         return await self._publish(
             StartedEvent(
                 request_id=self.request_id,
@@ -90,6 +143,7 @@ class Publisher:
                 seq=self._next(),
                 worker_id=worker_id,
                 load_ns=load_ns,
+                resumed_at=resumed_at,
             )
         )
 
@@ -100,7 +154,13 @@ class Publisher:
         thinking: str = "",
         tool_calls: list[ToolCall] | None = None,
         logprobs: list[Logprob] | None = None,
+        tokens: Sequence[int] = (),
     ) -> int:
+        """``tokens``: the answer's token ids generated since the last chunk."""
+        record: _Record | None = None
+        if self._progress is not None and tokens:
+            record = (self._progress, pack(tokens))
+            self.covered += len(tokens)  # counted only where recorded: 0 says "no going on"
         return await self._publish(
             TokenEvent(
                 request_id=self.request_id,
@@ -110,7 +170,9 @@ class Publisher:
                 thinking=thinking,
                 tool_calls=tool_calls or None,
                 logprobs=logprobs or None,
-            )
+                covered=self.covered,
+            ),
+            record,
         )
 
     async def done(self, finish: Finish) -> None:
@@ -158,7 +220,8 @@ class Publisher:
                 eval_ns=eval_ns,
                 context=context,
                 embeddings=embeddings,
-            )
+            ),
+            self._clear(),
         )
 
     async def error(self, error_type: ErrorType, message: str) -> None:
@@ -169,5 +232,10 @@ class Publisher:
                 seq=self._next(),
                 error_type=error_type,
                 message=message,
-            )
+            ),
+            self._clear(),
         )
+
+    def _clear(self) -> _Record | None:
+        """The answer is over: its progress record goes with its last event."""
+        return None if self._progress is None else (self._progress, None)

@@ -62,6 +62,7 @@ class _Model:
 
 class LlamaEngine:
     name = "llama"
+    continues = False
 
     def __init__(
         self,
