@@ -87,6 +87,8 @@ class TokenRouter:
         self._client = client
         self._pubsub: PubSub | None = None
         self._queues: dict[bytes, asyncio.Queue[bytes | BaseException]] = {}
+        #: Channels that have had an event: a disconnect may have cost them one.
+        self._heard: set[bytes] = set()
         self._reader: asyncio.Task[None] | None = None
         self._control = keys.token_channel(f"router-{uuid.uuid4().hex}")
         # redis-py's PubSub opens its connection lazily; two first SUBSCRIBEs at once would
@@ -117,6 +119,7 @@ class TokenRouter:
 
     async def unsubscribe(self, channel: str) -> None:
         self._queues.pop(channel.encode(), None)
+        self._heard.discard(channel.encode())
         if self._pubsub is not None:
             await self._pubsub.unsubscribe(channel)
 
@@ -124,19 +127,21 @@ class TokenRouter:
         assert self._pubsub is not None
         while True:
             try:
-                if not self._pubsub.subscribed:
+                if not self._pubsub.subscribed:  # the start, or a fresh one after a drop
                     async with self._subscribing:
-                        await self._pubsub.subscribe(self._control)
+                        await self._pubsub.subscribe(self._control, *self._queues)
                 message = await self._pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=1.0
                 )
             except (RedisError, OSError) as exc:
-                # chunks published while we are disconnected are lost; every waiting request
-                # would see a sequence gap later, so fail them now instead. A fresh PubSub:
-                # redis-py would re-subscribe the failed requests' channels on reconnect,
-                # and their jobs would run for clients that are gone
+                # chunks published while we are disconnected are lost: a request whose job
+                # has begun would see a gap later, so it fails now. One still waiting for
+                # its job to start keeps waiting: its job is queued (Redis's AOF keeps it)
+                # and its channel is subscribed again on the fresh PubSub, unlike the failed
+                # ones' (redis-py would re-subscribe those, and their jobs would run for
+                # clients that are gone)
                 log.warning("token_router_disconnected", error=str(exc))
-                self._fail_all(exc)
+                self._fail_heard(exc)
                 await self._renew()
                 await asyncio.sleep(0.5)
                 continue
@@ -145,6 +150,7 @@ class TokenRouter:
             queue = self._queues.get(message["channel"])
             if queue is None:
                 continue
+            self._heard.add(message["channel"])
             try:
                 queue.put_nowait(message["data"])
             except asyncio.QueueFull:
@@ -161,10 +167,12 @@ class TokenRouter:
             with contextlib.suppress(RedisError, OSError):
                 await old.aclose()  # type: ignore[no-untyped-call]
 
-    def _fail_all(self, exc: BaseException) -> None:
-        for queue in self._queues.values():
-            _replace_with_error(queue, exc)
-        self._queues.clear()
+    def _fail_heard(self, exc: BaseException) -> None:
+        for channel in self._heard:
+            queue = self._queues.pop(channel, None)
+            if queue is not None:
+                _replace_with_error(queue, exc)
+        self._heard.clear()
 
 
 def _replace_with_error(queue: asyncio.Queue[bytes | BaseException], exc: BaseException) -> None:
