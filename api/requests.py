@@ -17,6 +17,7 @@ only at its place in that order.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -25,7 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 
 from api import fields, gofmt
 from shared import names, thinking
-from shared.errors import MODEL_REQUIRED, HerdError, InvalidRequest, ModelNotFound
+from shared.errors import (
+    BAD_CONTEXT_TOKEN,
+    MODEL_REQUIRED,
+    HerdError,
+    InvalidRequest,
+    ModelNotFound,
+)
 from shared.messages import (
     ChatMessage,
     GenerateJob,
@@ -51,14 +58,26 @@ _GO_TYPES = {
 }
 
 
+#: Arrays and objects nest at most this deep in a body (``format`` and ``tools`` are free
+#: JSON): deeper ones are a 400 before anything recurses into them (orjson encodes 255
+#: levels at most, so a deeper ``format`` used to fail as a 500 when the job was sent).
+MAX_DEPTH = 64
+
+
 def parse(raw: bytes, model: type[M]) -> M:
-    """A JSON body bound to ``model``, with Ollama's 400 texts for missing or bad bodies."""
+    """A JSON body bound to ``model``, with Ollama's 400 texts for missing or bad bodies.
+
+    Two refusals Ollama does not make: arrays and objects nested deeper than ``MAX_DEPTH``,
+    and a key given twice in one object (Go and orjson take the last; a proxy or an
+    audit log reading the first would see another request than the one served)."""
     if not raw.strip():
         raise InvalidRequest("missing request body")
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"invalid JSON: {exc}") from exc
+    check_depth(data)
+    check_unique_keys(raw)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -76,6 +95,42 @@ def parse(raw: bytes, model: type[M]) -> M:
             f"json: cannot unmarshal {_kind(error.get('input'))} into Go struct field "
             f"{model.__name__}.{path} of type {want}"
         ) from exc
+
+
+def check_depth(data: object, limit: int = MAX_DEPTH) -> None:
+    """400 if arrays and objects nest deeper than ``limit`` (the body itself is level 1);
+    a walk with a stack of its own, so no depth can exhaust Python's."""
+    if not isinstance(data, dict | list):
+        return
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        for child in value.values() if isinstance(value, dict) else value:
+            if isinstance(child, dict | list):
+                if depth >= limit:
+                    raise InvalidRequest(
+                        f"exceeded max depth: arrays and objects nest at most {limit} levels"
+                    )
+                stack.append((child, depth + 1))
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> None:
+    if len(pairs) > 1 and len({key for key, _ in pairs}) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidRequest(f"json: duplicate key {gofmt.quote(key)}")
+            seen.add(key)
+
+
+def check_unique_keys(raw: bytes) -> None:
+    """400 if an object of ``raw`` (valid JSON, at most ``MAX_DEPTH`` deep) has a key twice;
+    keys are compared as decoded (``"mod\\u0065l"`` is ``"model"``)."""
+    if b"{" in raw:
+        try:
+            json.loads(raw, object_pairs_hook=_unique)
+        except ValueError as exc:  # what orjson read, json should too: never a 500
+            raise InvalidRequest(f"invalid JSON: {exc}") from exc
 
 
 def _kind(value: object) -> str:
@@ -286,6 +341,27 @@ def check_name(model: str, advert: ModelAdvert | None, *, missing: HerdError) ->
     return name
 
 
+def vocab_size(advert: ModelAdvert) -> int | None:
+    """The model's vocabulary size, if its advert tells (``<arch>.vocab_size``, or the token
+    list when it was short enough to be advertised); the worker checks the rest."""
+    info = advert.model_info
+    size = info.get(f"{info.get('general.architecture', '')}.vocab_size")
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    tokens = info.get("tokenizer.ggml.tokens")
+    return len(tokens) if isinstance(tokens, list) and tokens else None
+
+
+def check_context(context: list[int] | None, advert: ModelAdvert) -> None:
+    """``context`` holds token ids: none negative, none past the vocabulary (when known)."""
+    if not context:
+        return
+    limit = vocab_size(advert)
+    for token in context:
+        if token < 0 or (limit is not None and token >= limit):
+            raise InvalidRequest(BAD_CONTEXT_TOKEN.format(token=token))
+
+
 def check_thinking(advert: ModelAdvert, model: str, think: thinking.Think) -> None:
     if "thinking" not in advert.capabilities and thinking.requested(think):
         raise InvalidRequest(f"{gofmt.quote(model)} does not support thinking")
@@ -345,6 +421,7 @@ def generate_call(body: GenerateRequest, advert: ModelAdvert | None) -> Call | L
         return Unload(route="generate", model=body.model, name=advert.name)
     if body.raw and (body.template or body.system or body.context):
         raise InvalidRequest("raw mode does not support template, system, or context")
+    check_context(body.context, advert)
     check_thinking(advert, body.model, think)
     wants = ["insert"] if body.suffix else []
     if prompt and images:

@@ -1,8 +1,9 @@
 """Server-sent events for /v1, with the same error rule as the native NDJSON streams.
 
 An error before the first byte is an HTTP status with OpenAI's error body. After it,
-one ``data: {"error": {...}}`` event ends the stream (Ollama swallows these: its client
-sees an empty delta and no ``[DONE]``; the OpenAI SDKs raise ``APIError`` on this event).
+one ``data: {"error": {...}}`` event ends the stream, whatever the exception
+(``api.responses.as_herd_error``). Ollama swallows these (its client sees an empty delta
+and no ``[DONE]``); the OpenAI SDKs raise ``APIError`` on this event.
 A client that goes away cancels the work, while queued or while streaming.
 """
 
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from api.openai.responses import error_body
-from api.responses import unless_disconnected
+from api.responses import terminal_error, unless_disconnected
 from shared.errors import HerdError
 
 DONE = b"data: [DONE]\n\n"
@@ -50,8 +51,9 @@ async def sse_response(
                 for chunk in translator.feed(obj):
                     yield event(chunk)
             yield DONE
-        except HerdError as exc:
-            yield event(error_body(exc.status, exc.message))
+        except Exception as exc:  # whatever it was: one error event, then the end
+            error = terminal_error(exc)
+            yield event(error_body(error.status, error.message))
         finally:
             # closing the native generator cancels the job (a client that left)
             with anyio.CancelScope(shield=True):

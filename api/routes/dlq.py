@@ -4,6 +4,7 @@ what it produced (``herd dlq``). Admin routes."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -19,6 +20,14 @@ from shared.messages import DoneEvent, GenerateJob, TokenEvent
 router = APIRouter()
 
 NOT_FOUND = "no such entry in the dead-letter stream"
+#: A stream entry id; anything else names no entry (and Redis would refuse it).
+ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+
+
+def _checked(entry_id: str) -> str:
+    if not ENTRY_ID.fullmatch(entry_id):
+        raise ModelNotFound(NOT_FOUND)  # the one 404 of the error table
+    return entry_id
 
 
 def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
@@ -45,7 +54,7 @@ async def listing(state: StateDep) -> dict[str, list[dict[str, Any]]]:
 
 @router.delete("/api/dlq/{entry_id}")
 async def drop(entry_id: str, state: StateDep) -> Response:
-    if not await state.redis.xdel(keys.DEAD_LETTERS, entry_id):
+    if not await state.redis.xdel(keys.DEAD_LETTERS, _checked(entry_id)):
         raise ModelNotFound(NOT_FOUND)  # the one 404 of the error table
     return Response(status_code=200)
 
@@ -54,6 +63,7 @@ async def drop(entry_id: str, state: StateDep) -> Response:
 async def retry(entry_id: str, state: StateDep) -> dict[str, Any]:
     """Run the job again as a fresh request (it leaves the stream first; should it stop
     workers again it is set aside again) and answer with its text and done reason."""
+    entry_id = _checked(entry_id)
     found = await state.redis.xrange(keys.DEAD_LETTERS, entry_id, entry_id)
     if not found:
         raise ModelNotFound(NOT_FOUND)  # the one 404 of the error table

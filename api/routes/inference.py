@@ -1,7 +1,8 @@
 """POST /api/generate, /api/chat, /api/embed and the legacy /api/embeddings.
 
 Each reads as the pipeline: ``requests`` (decode, look the model up, check), then a job
-for ``dispatch`` whose events ``responses`` renders, or a load/unload (``control``).
+for ``dispatch`` whose events ``responses`` renders, or a load/unload (``control``). A large
+body (base64 images) is decoded and checked in a thread (``offload.off_loop``).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from api import control, requests, responses
+from api import control, offload, requests, responses
 from api.requests import Call, EmbedCall, Load, Unload
 from api.responses import unless_disconnected
 from api.state import AppState, StateDep
@@ -35,17 +36,19 @@ async def _answer(
 
 @router.post("/api/generate")
 async def generate(request: Request, state: StateDep) -> Response:
-    body = requests.parse(await request.body(), requests.GenerateRequest)
+    raw = await request.body()
+    body = await offload.off_loop(len(raw), requests.parse, raw, requests.GenerateRequest)
     advert = await unless_disconnected(request, state.aliases.lookup(body.model))
-    action = requests.generate_call(body, advert)
+    action = await offload.off_loop(len(raw), requests.generate_call, body, advert)
     return await _answer(request, state, action, stream=body.streaming)
 
 
 @router.post("/api/chat")
 async def chat(request: Request, state: StateDep) -> Response:
-    body = requests.parse(await request.body(), requests.ChatRequest)
+    raw = await request.body()
+    body = await offload.off_loop(len(raw), requests.parse, raw, requests.ChatRequest)
     advert = await unless_disconnected(request, state.aliases.lookup(body.model))
-    action = requests.chat_call(body, advert)
+    action = await offload.off_loop(len(raw), requests.chat_call, body, advert)
     return await _answer(request, state, action, stream=body.streaming)
 
 
@@ -61,13 +64,15 @@ async def _embedded(request: Request, state: AppState, action: EmbedCall | Load)
 
 @router.post("/api/embed")
 async def embed(request: Request, state: StateDep) -> Response:
-    body = requests.parse(await request.body(), requests.EmbedRequest)
+    raw = await request.body()
+    body = await offload.off_loop(len(raw), requests.parse, raw, requests.EmbedRequest)
     advert = await unless_disconnected(request, state.aliases.lookup(body.model))
     return await _embedded(request, state, requests.embed_call(body, advert))
 
 
 @router.post("/api/embeddings")
 async def embeddings(request: Request, state: StateDep) -> Response:
-    body = requests.parse(await request.body(), requests.EmbeddingRequest)
+    raw = await request.body()
+    body = await offload.off_loop(len(raw), requests.parse, raw, requests.EmbeddingRequest)
     advert = await unless_disconnected(request, state.aliases.lookup(body.model))
     return await _embedded(request, state, requests.embeddings_call(body, advert))

@@ -9,7 +9,7 @@ import pytest
 
 from api import fields
 from shared import thinking
-from shared.errors import EngineFailure, InvalidRequest
+from shared.errors import InvalidRequest
 from shared.messages import GenerateJob
 
 
@@ -137,19 +137,44 @@ def test_format_json_or_schema_or_nothing(value: object, expected: object) -> No
     ("value", "quoted"),
     [
         ("xml", '"\\"xml\\""'),
+        ("x", '"\\"x\\""'),
         ("JSON", '"\\"JSON\\""'),
         (5, '"5"'),
+        (0, '"0"'),
         ([1], '"[1]"'),
+        ([], '"[]"'),
         (True, '"true"'),
+        (False, '"false"'),
     ],
 )
-def test_other_formats_fail_as_the_runner_fails_them(value: object, quoted: str) -> None:
-    with pytest.raises(EngineFailure) as info:
+def test_other_formats_are_a_400_in_the_runners_words(value: object, quoted: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
         fields.parse_format(value)
     assert info.value.message == (
         f'invalid format: {quoted}; expected "json" or a valid JSON Schema object'
     )
-    assert info.value.status == 500
+    assert info.value.status == 400  # Ollama: 500 (see the module's docstring)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "array", "items": {"type": "string"}, "minItems": 10**9},
+        {"type": "object", "properties": {"a": {"type": "string", "maxLength": 2001}}},
+        {"anyOf": [{"type": "array", "maxItems": 1e300}]},
+        {"type": "string", "pattern": "^a{1,99999}$"},
+        {"type": "string", "pattern": "a{" + "9" * 5000 + "}"},
+    ],
+)
+def test_a_schema_asking_for_too_many_repetitions_is_a_400(schema: dict[str, object]) -> None:
+    # llama-cpp-python's converter writes each repetition out: this would build gigabytes
+    with pytest.raises(InvalidRequest, match="2000 repetitions a grammar allows"):
+        fields.parse_format(schema)
+
+
+def test_a_schema_within_the_repetition_limit_passes() -> None:
+    schema = {"type": "array", "maxItems": 2000, "items": {"type": "string", "pattern": "x{2,9}"}}
+    assert fields.parse_format(schema) == schema
 
 
 @pytest.mark.parametrize(

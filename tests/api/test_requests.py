@@ -22,7 +22,7 @@ from api.requests import (
 )
 from api.state import AppState
 from shared import keys
-from shared.errors import EngineFailure, HerdError, InvalidRequest, ModelNotFound
+from shared.errors import HerdError, InvalidRequest, ModelNotFound
 from shared.messages import ControlMessage, LoadedModel
 from tests.api.conftest import advert, advertise
 
@@ -224,7 +224,7 @@ async def test_empty_tools_need_no_capability(state: AppState) -> None:
         ),
         (
             {"model": "full", "prompt": "x", "format": "xml"},
-            EngineFailure,
+            InvalidRequest,
             'invalid format: "\\"xml\\""; expected "json" or a valid JSON Schema object',
         ),
     ],

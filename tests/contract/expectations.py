@@ -164,6 +164,12 @@ _BAD_TOOL_CALL = [
 _NO_TOOLS = f"registry.ollama.ai/library/{PLAIN_MODEL} does not support tools"
 _NOT_PULLED = 'model "nope" not found, try pulling it first'
 _G, _C = "POST /api/generate", "POST /api/chat"
+#: Herd's refusals of inputs that could hurt a worker or the cluster (docs/compatibility.md).
+_LIMITS = "input limits: Ollama accepts this"
+_DEEP: Any = {"type": "object"}
+for _ in range(70):
+    _DEEP = {"type": "object", "properties": {"a": _DEEP}}
+_DUPLICATE_MODEL = f'{{"model": "{TOOLS_MODEL}", "prompt": "x", "model": "{TOOLS_MODEL}"}}'.encode()
 _E, _ES = "POST /api/embed", "POST /api/embeddings"
 _V1C, _V1P, _V1E = "POST /v1/chat/completions", "POST /v1/completions", "POST /v1/embeddings"
 
@@ -204,9 +210,20 @@ NATIVE: list[Case] = [
          'time: missing unit in duration "-1"', "§3.5 §12.16"),
     Case("generate-keep-alive-other-type", _G, gen(keep_alive=[1]), 400, "Unsupported type: '",
          "§3.5", prefix=True),
-    Case("generate-format-invalid", _G, gen(format="xml", stream=False), 500,
+    Case("generate-format-invalid", _G, gen(format="xml", stream=False), 400,
          # Go's %q of the raw JSON `"xml"`, quotes included
-         'invalid format: "\\"xml\\""; expected "json" or a valid JSON Schema object', "§3.1"),
+         'invalid format: "\\"xml\\""; expected "json" or a valid JSON Schema object', "§3.1",
+         deviation="a format of the wrong kind is 400 (bad input), not Ollama's 500"),
+    Case("generate-format-false", _G, gen(format=False), 400,
+         'invalid format: "false"; expected "json" or a valid JSON Schema object', "§3.1",
+         deviation="a format of the wrong kind is 400 (bad input), not Ollama's 500"),
+    Case("generate-format-nested-too-deep", _G, gen(format=_DEEP), 400, "exceeded max depth",
+         "§3.1", prefix=True, deviation=_LIMITS),
+    Case("generate-context-not-a-token", _G, gen(context=[-1]), 400,
+         "invalid context: token id -1 is not in the model's vocabulary", "§3.1",
+         deviation=_LIMITS),
+    Case("generate-duplicate-key", _G, _DUPLICATE_MODEL, 400, 'json: duplicate key "model"',
+         "§1", deviation=_LIMITS),
     Case("generate-bad-base64-image", _G, gen(images=["!!!"]), 400,
          "illegal base64 data at input byte", "§3.1", prefix=True),
     Case("generate-option-wrong-type", _G, gen(options={"temperature": "hot"}), 400,
@@ -270,6 +287,10 @@ NATIVE: list[Case] = [
          f'name "{BAD_NAME}" is invalid', "§6.9"),
     Case("delete-empty-model", "DELETE /api/delete", {"model": ""}, 400, "model is required",
          "§6.9"),
+    # the last "model" would hide a served model; Go and orjson take the last key
+    Case("delete-duplicate-key", "DELETE /api/delete",
+         f'{{"model": "nope", "model": "{TOOLS_MODEL}"}}'.encode(), 400,
+         'json: duplicate key "model"', "§6.9", deviation=_LIMITS),
 ]
 
 #: §9.1: every /v1 error is {"error": {"message", "type", "param": null, "code": null}}.

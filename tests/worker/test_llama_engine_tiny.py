@@ -325,3 +325,25 @@ async def test_an_embedding_model(tmp_path: Path) -> None:
             await run(engine, job(model="bert:latest", prompt="the cat"))
     finally:
         await engine.close()
+
+
+async def test_a_continuation_generates_the_tokens_an_uninterrupted_run_does(
+    engine: LlamaEngine,
+) -> None:
+    request = job(prompt="the a", options=SamplingOptions(temperature=0, num_predict=20))
+    pieces: list[Piece] = []
+    whole = None
+    async for output in engine.generate(request):
+        if isinstance(output, Piece):
+            pieces.append(output)
+        else:
+            whole = output
+    assert whole is not None and whole.context is not None and whole.n_decoded >= 4
+    # every generated token rides on exactly one piece, in order
+    answer = whole.context[whole.n_prompt_tokens :]
+    assert [t for piece in pieces for t in piece.tokens] == answer
+    # a worker died after half of them: another goes on from there
+    resume = answer[: len(answer) // 2]
+    _, finish = await run(engine, request.model_copy(update={"resume": resume}))
+    assert finish.context == whole.context  # the same tokens, greedy, from the prompt on
+    assert (finish.n_decoded, finish.n_prompt_tokens) == (whole.n_decoded, whole.n_prompt_tokens)

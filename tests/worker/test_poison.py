@@ -45,6 +45,9 @@ async def test_a_job_that_kills_its_workers_is_set_aside_with_one_error(
     await call("dlq", "drop", entry["id"])
     assert (await client.get("/api/dlq")).json()["entries"] == []
     assert (await client.delete(f"/api/dlq/{entry['id']}")).status_code == 404
+    for bad in ("not-an-id", "1-2-3", "9" * 30 + "-0"):
+        assert (await client.post(f"/api/dlq/{bad}/retry")).status_code == 404
+        assert (await client.delete(f"/api/dlq/{bad}")).status_code == 404
 
 
 async def test_a_dead_workers_jobs_are_reclaimed_together(

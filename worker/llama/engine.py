@@ -62,7 +62,7 @@ class _Model:
 
 class LlamaEngine:
     name = "llama"
-    continues = False
+    continues = True
 
     def __init__(
         self,
@@ -215,8 +215,15 @@ class LlamaEngine:
 
     async def generate(self, job: GenerateJob) -> AsyncIterator[EngineOutput]:
         model = await self._model(job)
-        seq = await asyncio.to_thread(Sequence, model.runtime, model.vocab, job)
         out = Outbox(loop=asyncio.get_running_loop())
+        try:
+            # built off the loop; a cancel stops a long truncation between its renders
+            seq = await asyncio.to_thread(
+                Sequence, model.runtime, model.vocab, job, out.cancel.is_set
+            )
+        except BaseException:
+            out.cancel.set()
+            raise
         scheduler = model.scheduler
         scheduler.generate(seq, out)
         held: object = None
@@ -268,7 +275,8 @@ class LlamaEngine:
 
 def _join(a: Piece, b: Piece) -> Piece:
     logprobs = [*(a.logprobs or []), *(b.logprobs or [])]
-    return Piece(a.text + b.text, logprobs or None, a.thinking_opened or b.thinking_opened)
+    opened = a.thinking_opened or b.thinking_opened
+    return Piece(a.text + b.text, logprobs or None, opened, a.tokens + b.tokens)
 
 
 def _same_load(params: LoadParams, options: LoadOptions, engine: LlamaEngine, name: str) -> bool:

@@ -24,6 +24,25 @@ from worker.modelinfo import Description
 #: Slots chosen by ``auto``: at most this many on a CPU, and on a GPU.
 AUTO_SLOTS_CPU = 4
 AUTO_SLOTS_GPU = 16
+#: llama.cpp's (and Ollama's) default batch; a request's ``num_batch`` may go up to the
+#: context, or this when the context is smaller, and never past ``MAX_BATCH``.
+DEFAULT_BATCH = 512
+#: The largest batch a request gets (llama-server's default ``n_batch``). A batch is also
+#: the micro-batch (as Ollama passes it, ``-b`` and ``-ub``), whose compute buffers grow
+#: with batch x context: gemma3:270m at its 32k context needs 1.5 GiB at 512, 3.6 GiB at
+#: 2048, 44 GiB at 32768 (which fails to load).
+MAX_BATCH = 2048
+#: The smallest batch: one holds a whole prompt piece (``worker.llama.pieces.MIN_PIECE``)
+#: and more.
+MIN_BATCH = 32
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on: the most threads a request's ``num_thread`` gets."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -51,21 +70,36 @@ class LoadParams:
         n_gpu_layers: int,
         slots: int = 1,
     ) -> LoadParams:
-        """Ollama's rules: num_ctx capped at the trained context, num_gpu -1 = the default."""
+        """A request's load-time options bounded to what the model and this machine allow,
+        so none can make llama.cpp allocate or spawn without limit (and values that come
+        to the same load compare equal: they cost no reload):
+
+        - ``num_ctx``: at most the trained context (Ollama's rule), at least 4; 0 or
+          negative: the worker's ``n_ctx``;
+        - ``num_batch``: 32 up to the context (``DEFAULT_BATCH`` for a smaller one), as
+          llama.cpp caps it, and at most ``MAX_BATCH``; 0 or negative: ``DEFAULT_BATCH``;
+        - ``num_thread``: at most the CPUs this process may use; 0 or negative: all of them;
+        - ``num_gpu``: -1 (or any negative): the default; ``main_gpu``: not negative.
+        """
         ctx = options.num_ctx if options.num_ctx and options.num_ctx > 0 else n_ctx
         if desc.trained_context:
             ctx = min(ctx, desc.trained_context)
+        ctx = max(ctx, 4)
+        batch = DEFAULT_BATCH
+        if options.num_batch and options.num_batch > 0:
+            batch = min(max(MIN_BATCH, options.num_batch), max(DEFAULT_BATCH, ctx), MAX_BATCH)
+        cpus = cpu_count()
+        threads = cpus
+        if options.num_thread and options.num_thread > 0:
+            threads = min(options.num_thread, cpus)
         gpu = options.num_gpu if options.num_gpu is not None and options.num_gpu >= 0 else None
         return cls(
-            n_ctx=max(ctx, 4),
-            # a batch holds a whole prompt piece (worker.llama.pieces.MIN_PIECE) and more
-            n_batch=max(32, options.num_batch)
-            if options.num_batch and options.num_batch > 0
-            else 512,
+            n_ctx=ctx,
+            n_batch=batch,
             n_gpu_layers=n_gpu_layers if gpu is None else gpu,
-            main_gpu=options.main_gpu or 0,
+            main_gpu=max(0, options.main_gpu or 0),
             use_mmap=True if options.use_mmap is None else options.use_mmap,
-            n_threads=options.num_thread or os.cpu_count() or 1,
+            n_threads=threads,
             slots=1 if desc.embedding_only else max(1, slots),
         )
 

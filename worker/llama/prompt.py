@@ -4,17 +4,24 @@ fitting it into the context window (``truncate``).
 Ollama's rules: a chat too long for the context loses its oldest non-system messages
 (the last message always stays); whatever is still too long keeps its first ``num_keep``
 tokens and its end. ``truncate: false`` (or ``shift: false``) refuses instead.
+
+Which messages go is searched from the end (1, 2, 4... kept, then halving the gap): a few
+renders of what is kept, not one per message dropped (quadratic: 1,000 messages took 14 s),
+and the ``cancelled`` flag is read between renders. ``context`` ids must be tokens of the
+vocabulary (a 400 otherwise, never an id handed to llama.cpp).
 """
 
 from __future__ import annotations
 
+import bisect
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import llama_cpp
 from llama_cpp import _internals
 
-from shared.errors import InvalidRequest
+from shared.errors import BAD_CONTEXT_TOKEN, Cancelled, InvalidRequest
 from shared.messages import ChatMessage, GenerateJob
 from worker.modelinfo import Description
 from worker.prompts.go_execute import GoTemplate
@@ -36,7 +43,16 @@ class Vocab:
     def __init__(self, model: _internals.LlamaModel) -> None:
         self._model = model
         self._vocab = model.vocab
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._pieces: dict[tuple[int, bool], bytes] = {}
+
+    def check(self, tokens: list[int]) -> None:
+        """Refuse token ids outside the vocabulary (a request's ``context``)."""
+        for token in tokens:
+            if not 0 <= token < self.n_vocab:
+                raise InvalidRequest(
+                    BAD_CONTEXT_TOKEN.format(token=token) + f" of {self.n_vocab} tokens"
+                )
 
     def tokenize(self, text: str, *, bos: bool) -> list[int]:
         # special=True: templates write control tokens (<start_of_turn>) as text
@@ -59,7 +75,18 @@ class Vocab:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
 
 
-def build(job: GenerateJob, desc: Description, vocab: Vocab, n_ctx: int, num_keep: int) -> Prompt:
+def never() -> bool:
+    return False
+
+
+def build(
+    job: GenerateJob,
+    desc: Description,
+    vocab: Vocab,
+    n_ctx: int,
+    num_keep: int,
+    cancelled: Callable[[], bool] = never,
+) -> Prompt:
     if job.images or any(m.images for m in job.messages):
         raise InvalidRequest(
             f"{job.model} does not support images: this server has no vision support"
@@ -68,6 +95,7 @@ def build(job: GenerateJob, desc: Description, vocab: Vocab, n_ctx: int, num_kee
         verb = "chat" if job.kind == "chat" else "generate"
         raise InvalidRequest(f'"{job.model}" does not support {verb}')
     context = list(job.context or []) if job.kind == "generate" and not job.raw else []
+    vocab.check(context)
     if job.kind == "generate" and job.raw:
         text, stops = job.prompt, list(desc.template.stops)
     elif job.kind == "generate" and job.suffix:
@@ -78,13 +106,19 @@ def build(job: GenerateJob, desc: Description, vocab: Vocab, n_ctx: int, num_kee
             if job.template and job.kind == "generate"
             else desc.template
         )
-        rendered = _render(job, template, vocab, n_ctx - len(context))
+        rendered = _render(job, template, vocab, n_ctx - len(context), cancelled)
         text, stops = rendered.prompt, rendered.stops
     tokens = context + vocab.tokenize(text, bos=not context)
     return Prompt(fit(tokens, job, n_ctx, num_keep), stops)
 
 
-def _render(job: GenerateJob, template: ChatTemplate, vocab: Vocab, room: int) -> Rendered:
+def _render(
+    job: GenerateJob,
+    template: ChatTemplate,
+    vocab: Vocab,
+    room: int,
+    cancelled: Callable[[], bool],
+) -> Rendered:
     messages = job_messages(job)
 
     def render(chosen: list[ChatMessage]) -> Rendered:
@@ -95,14 +129,56 @@ def _render(job: GenerateJob, template: ChatTemplate, vocab: Vocab, room: int) -
         return rendered
     if len(vocab.tokenize(rendered.prompt, bos=True)) <= room:
         return rendered
-    # drop the oldest messages (keeping system ones) until the rest fits, like Ollama
+    return _drop_oldest(
+        messages,
+        render,
+        lambda chosen: len(vocab.tokenize(chosen.prompt, bos=True)) <= room,
+        cancelled,
+    )
+
+
+def _drop_oldest(
+    messages: list[ChatMessage],
+    render: Callable[[list[ChatMessage]], Rendered],
+    fits: Callable[[Rendered], bool],
+    cancelled: Callable[[], bool],
+) -> Rendered:
+    """The rendering of the most messages that fits, like Ollama: the oldest non-system
+    messages go first, the last one always stays (alone and too long, ``fit`` cuts it).
+
+    Kept are the system messages before ``start`` and every message from ``start``; the
+    answer is the smallest ``start`` that fits (all of them, ``start`` 0, do not). Searched
+    from the end, with 1, 2, 4... messages kept until one does not fit, then halving the
+    gap: O(log n) renders, each of what is kept, where trying every ``start`` was O(n)
+    renders of O(n) messages. ``cancelled`` is read before each render."""
     last = len(messages) - 1
-    for start in range(1, last + 1):
-        kept = [m for m in messages[:start] if m.role == "system"] + messages[start:]
-        rendered = render(kept)
-        if len(vocab.tokenize(rendered.prompt, bos=True)) <= room:
-            return rendered
-    return rendered
+    systems = [i for i, m in enumerate(messages) if m.role == "system"]
+    tried: dict[int, tuple[bool, Rendered]] = {}
+
+    def attempt(start: int) -> bool:
+        if cancelled():
+            raise Cancelled("request canceled")
+        kept = [messages[i] for i in systems[: bisect.bisect_left(systems, start)]]
+        rendered = render(kept + messages[start:])
+        tried[start] = (fits(rendered), rendered)
+        return tried[start][0]
+
+    if not attempt(last):
+        return tried[last][1]
+    good, bad, step = last, 0, 1  # good fits, bad does not
+    while good - bad > 1:  # gallop: keep twice as many each time
+        probe = max(good - step, bad + 1)
+        if not attempt(probe):
+            bad = probe
+            break
+        good, step = probe, step * 2
+    while good - bad > 1:  # then halve the gap
+        middle = (good + bad) // 2
+        if attempt(middle):
+            good = middle
+        else:
+            bad = middle
+    return tried[good][1]
 
 
 def _insert(job: GenerateJob, desc: Description, vocab: Vocab, n_ctx: int, keep: int) -> Prompt:

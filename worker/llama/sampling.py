@@ -154,7 +154,10 @@ def _chain(runtime: Runtime, opts: SamplingOptions, history: Sequence[int]) -> A
     add = llama_cpp.llama_sampler_chain_add
     repeat = opts.repeat_penalty or 1.0
     presence, frequency = opts.presence_penalty or 0.0, opts.frequency_penalty or 0.0
+    # llama.cpp sizes the penalty's ring buffer by the window (2^31-1 would ask ~8 GiB):
+    # -1 is the context, as in Ollama, and no window is longer than the context
     last_n = runtime.n_ctx if opts.repeat_last_n == -1 else max(0, opts.repeat_last_n or 0)
+    last_n = min(last_n, runtime.n_ctx)
     if last_n and (repeat != 1.0 or presence or frequency):
         penalties = llama_cpp.llama_sampler_init_penalties(
             runtime.n_vocab, last_n, repeat, frequency, presence
