@@ -110,6 +110,7 @@ class Worker:
             default_keep_alive_s=settings.keep_alive_s,
             on_change=self._models_changed,
             budget=lambda: self.memory()[0],
+            claimed=lambda name: self._inflight.get(name, 0),
         )
         #: What loading each servable model with default options takes here.
         self._needs = {
@@ -156,7 +157,8 @@ class Worker:
             servable=self._needs,
             replicas={
                 name: Replica(
-                    self.residency.busy(name),
+                    # jobs claimed count from the claim, not from when they attach
+                    max(self.residency.busy(name), self._inflight.get(name, 0)),
                     self._needs.get(name, 0),
                     kept=name in kept,
                     idle_s=self.residency.idle_s(name),

@@ -82,10 +82,14 @@ class Residency:
         default_keep_alive_s: float,
         on_change: Callable[[], None] = lambda: None,
         budget: Callable[[], int] | None = None,
+        claimed: Callable[[str], int] = lambda name: 0,
     ) -> None:
         self._engine = engine
         self._max = max_loaded
         self._budget = budget
+        #: Jobs of a model claimed here and not ended (some not attached yet): while there
+        #: are any, it is not idle, whatever ``busy`` says.
+        self._claimed = claimed
         #: Models held loaded for their replica policy.
         self._kept: set[str] = set()
         #: Models being loaded now.
@@ -231,7 +235,8 @@ class Residency:
         return entry is not None and not entry.closing
 
     def _evictable(self, entry: _Resident) -> bool:
-        return not entry.busy and entry.name not in self._kept
+        idle = not entry.busy and not self._claimed(entry.name)
+        return idle and entry.name not in self._kept
 
     def _room(self, need: int, replacing: _Resident | None = None) -> bool:
         """Whether a model taking ``need`` fits beside the resident ones (less ``replacing``)."""
@@ -302,7 +307,7 @@ class Residency:
         async with self._lock:
             # a job may have come (and gone) while this waited: then it is not expired
             current = self._models.get(entry.name) is entry and entry.epoch == epoch
-            if current and self._evictable(entry):
+            if current and not entry.busy and entry.name not in self._kept:
                 await self._unload(entry, reason="expired")
 
     # -- loading and eviction (under the lock) -----------------------------------------

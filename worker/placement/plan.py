@@ -18,7 +18,9 @@ The rules, per model, most urgent first (the oldest waiting job):
   take turns, each serving its queue, instead of thrashing between jobs;
 - jobs waiting longer than ``scale_out_wait_s``: as many more replicas as the waiting jobs
   would fill (at the slots a replica has), up to ``max_replicas``, into free memory first,
-  else evicting as a cold load does (waiting work is what an eviction is for);
+  else evicting idle replicas of models that have another, or a model's last one only if
+  it has been idle for ``starve_s`` (a served model does not make another one cold for a
+  job that arrived a moment ago);
 - the tickets a model holds (loads under way, or done within the cooldown) count as loads
   made: the next step comes only after the cooldown, seeing what those replicas took.
 
@@ -161,7 +163,11 @@ def plan(
         if reason is None or count <= 0:
             continue
         wait = queue.oldest_wait_s
-        others = _Others(holders, kept, wait if wait < params.starve_s else 0.0)
+        if reason == "scale_out":  # a served model: another's last copy goes only if idle
+            min_idle = max(wait, params.starve_s)  # long, not merely between two jobs
+        else:
+            min_idle = wait if wait < params.starve_s else 0.0
+        others = _Others(holders, kept, min_idle)
         for _ in range(count):
             chosen = _choose(model, nodes, taken, others)
             if chosen is None:
