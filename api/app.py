@@ -10,6 +10,8 @@ from fastapi import FastAPI
 from api import http
 from api.aliases import Aliases
 from api.dispatch import Dispatcher, TokenRouter
+from api.metrics import ApiMetrics, RequestMetrics
+from api.metrics import router as metrics_router
 from api.registry import Registry
 from api.responses import install_error_handlers
 from api.routes import cluster, dlq, health, inference, models, openai
@@ -20,6 +22,8 @@ from shared.version import VERSION
 
 
 def create_app(settings: Settings) -> FastAPI:
+    metrics = ApiMetrics()  # this app's own registry (api.metrics says why)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = connect(settings)
@@ -38,6 +42,7 @@ def create_app(settings: Settings) -> FastAPI:
                 max_queue=settings.max_queue,
                 check_interval_s=settings.heartbeat_interval_s,
                 prefix_routing=settings.prefix_routing,
+                metrics=metrics,
             ),
             aliases=Aliases(client, registry),
         )
@@ -55,8 +60,13 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    app.state.metrics = metrics
     install_error_handlers(app)
     http.install(app, settings)
+    # outermost: every answer counts, the other middlewares' refusals too (route "other")
+    app.add_middleware(RequestMetrics, metrics=metrics)
     for module in (health, models, inference, openai, cluster, dlq):
         app.include_router(module.router)
+    # not an Ollama route; open with API keys configured (api.auth.EXEMPT)
+    app.include_router(metrics_router)
     return app

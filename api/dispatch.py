@@ -36,7 +36,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -63,6 +63,9 @@ from shared.messages import (
     TokenEvent,
     decode_event,
 )
+
+if TYPE_CHECKING:
+    from api.metrics import ApiMetrics
 
 log = structlog.get_logger()
 
@@ -237,8 +240,10 @@ class Dispatcher:
         max_queue: int,
         check_interval_s: float,
         prefix_routing: bool = True,
+        metrics: ApiMetrics | None = None,
     ) -> None:
         self._client = client
+        self._metrics = metrics
         self._router = router
         self._registry = registry
         self._max_queue = max_queue
@@ -256,8 +261,10 @@ class Dispatcher:
         channel = keys.token_channel(job.request_id)
         stream = keys.job_stream(job.model)
         queue = await self._router.subscribe(channel)
-        relay = _Relay(job, queue, self._registry, self._check_interval_s, self)
+        relay = _Relay(job, queue, self._registry, self._check_interval_s, self, self._metrics)
         admitted: list[Any] = [0]
+        if self._metrics is not None:
+            self._metrics.active_streams.inc()
         try:
             keys_ = [stream]
             args: list[bytes | str | int] = [self._max_queue, job.to_fields()["job"]]
@@ -273,6 +280,8 @@ class Dispatcher:
                 relay.routed = (admitted[1].decode(), admitted[2].decode(), time.monotonic())
             yield relay.events()
         finally:
+            if self._metrics is not None:
+                self._metrics.active_streams.dec()
             # cleanup must run even while the request's task is being cancelled, and never
             # replace the request's own error (Redis may be what failed it)
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
@@ -319,8 +328,14 @@ class _Relay:
         registry: Registry,
         check_interval_s: float,
         dispatcher: Dispatcher,
+        metrics: ApiMetrics | None = None,
     ) -> None:
         self._job = job
+        self._metrics = metrics
+        #: When the job was submitted, and its last token chunk came (0: none since the
+        #: start or a continuation), for the latency histograms.
+        self._submitted, self._chunk_at = time.perf_counter(), 0.0
+        self._waited = False
         self._queue = queue
         self._registry = registry
         self._check_interval_s = check_interval_s
@@ -379,13 +394,20 @@ class _Relay:
                 raise from_type(event.error_type, event.message)
             if isinstance(event, StartedEvent):
                 self._worker = event.worker_id
+                if self._metrics is not None and not self._waited:
+                    self._waited = True  # the first start only (not a take-over's)
+                    self._metrics.queue_wait.labels(self._job.model).observe(
+                        time.perf_counter() - self._submitted
+                    )
                 if resumed:  # the client has its started: the answer just goes on
                     self._resume_until = None
                     self._eval_before_ns += self._last_ns - self._first_ns
                     self._first_ns = self._last_ns = 0
+                    self._chunk_at = 0.0
                     log.warning("stream_continued", worker_id=event.worker_id, at=self._covered)
                     continue
             elif isinstance(event, TokenEvent):
+                self._observe_chunk()
                 self._n_tokens += 1
                 self.routed = None
                 self._last_ns = time.perf_counter_ns()
@@ -414,6 +436,17 @@ class _Relay:
             yield event
             if self.finished:
                 return
+
+    def _observe_chunk(self) -> None:
+        """Time to first token, or since the last chunk (called before counting it)."""
+        now = time.perf_counter()
+        if self._metrics is not None:
+            model = self._job.model
+            if not self._n_tokens:
+                self._metrics.time_to_first_token.labels(model).observe(now - self._submitted)
+            elif self._chunk_at:
+                self._metrics.inter_token_latency.labels(model).observe(now - self._chunk_at)
+        self._chunk_at = now
 
     async def _check_progress(self) -> None:
         if self.routed is not None:

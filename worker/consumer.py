@@ -60,6 +60,7 @@ from worker.engine import Engine
 from worker.fake_engine import fake_device
 from worker.heartbeat import Advertiser, ModelInfoSource
 from worker.jobs import JobRunner
+from worker.metrics import WorkerMetrics
 from worker.placement.placer import Placer
 from worker.placement.plan import Node, Replica
 from worker.residency import Residency
@@ -104,6 +105,8 @@ class Worker:
         self._beat_lock = asyncio.Lock()
         #: The devices as last read (the heartbeat reads them off the event loop).
         self._seen_devices: list[DeviceInfo] = []
+        #: Served at the health port's /metrics (its own registry: worker.metrics says why).
+        self.metrics = WorkerMetrics()
         self.residency = Residency(
             engine,
             max_loaded=settings.max_loaded_models,
@@ -111,6 +114,7 @@ class Worker:
             on_change=self._models_changed,
             budget=lambda: self.memory()[0],
             claimed=lambda name: self._inflight.get(name, 0),
+            on_loaded=lambda name, seconds: self.metrics.model_load.labels(name).observe(seconds),
         )
         #: What loading each servable model with default options takes here.
         self._needs = {
@@ -120,7 +124,8 @@ class Worker:
         self.placer = Placer(
             client, settings, self._models_by_stream.values(), self.residency, self.node
         )
-        self._jobs = JobRunner(client, engine, self.residency, self.id, self._beat)
+        self._jobs = JobRunner(client, engine, self.residency, self.id, self._beat, self.metrics)
+        self.metrics.watch(self)
         self.ready = False
 
     @property
@@ -137,6 +142,22 @@ class Worker:
         if not self.residency.serving(model):
             return 0
         return max(0, self.engine.slots(model) - self._inflight.get(model, 0))
+
+    def slot_counts(self) -> list[tuple[str, int, int]]:
+        """(model, busy, free) slots of each model loaded here (``herd_worker_slots``)."""
+        counts = []
+        for name in self.residency.resident():
+            slots = self.engine.slots(name)
+            busy = min(slots, self._inflight.get(name, 0))
+            counts.append((name, busy, slots - busy))
+        return counts
+
+    def loaded_count(self) -> int:
+        return len(self.residency.resident())
+
+    def device_snapshot(self) -> list[DeviceInfo]:
+        """The devices as the heartbeat last read them (a scrape reads no device)."""
+        return list(self._seen_devices)
 
     def memory(self) -> tuple[int, int]:
         """Bytes models may fill here, and how much of that is free now: what the devices
@@ -189,7 +210,11 @@ class Worker:
         self._stopping.set()
 
     async def run(self) -> None:
+        started = time.perf_counter()
         await self.engine.start()
+        # what start-up preloads counts as a load, each model with the whole start
+        for model in self.engine.loaded():
+            self.metrics.model_load.labels(model.name).observe(time.perf_counter() - started)
         self._seen_devices = await asyncio.to_thread(self.devices.snapshot)
         self.residency.adopt_preloaded()
         await control.clear(self._client, self.id)

@@ -2,6 +2,7 @@
 
 ``/healthz``: the event loop answers (no Redis call, so a Redis outage restarts nothing).
 ``/readyz``: models loaded and the last heartbeat reached Redis within its TTL.
+``/metrics``: the worker's Prometheus metrics (``worker.metrics``), when given them.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ from contextlib import contextmanager
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from shared.hostaddr import HostAddress
+from worker.metrics import CONTENT_TYPE, WorkerMetrics
 
 
-def create_health_app(is_ready: Callable[[], tuple[bool, str]]) -> Starlette:
+def create_health_app(
+    is_ready: Callable[[], tuple[bool, str]], metrics: WorkerMetrics | None = None
+) -> Starlette:
     async def healthz(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
@@ -28,7 +32,15 @@ def create_health_app(is_ready: Callable[[], tuple[bool, str]]) -> Starlette:
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "unavailable", "reason": reason}, 503)
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)])
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    if metrics is not None:
+        exposed = metrics
+
+        async def scrape(_: Request) -> Response:
+            return Response(exposed.render(), media_type=CONTENT_TYPE)
+
+        routes.append(Route("/metrics", scrape))
+    return Starlette(routes=routes)
 
 
 class _Server(uvicorn.Server):

@@ -31,6 +31,7 @@ from shared.errors import EngineFailure, ErrorType, HerdError
 from shared.messages import GenerateJob
 from worker.embeddings import shape_embeddings
 from worker.engine import Engine, Finish
+from worker.metrics import WorkerMetrics
 from worker.postprocess import Chunk, Postprocessor, thinks
 from worker.publisher import Batcher, Publisher, unpack
 from worker.residency import Residency
@@ -46,8 +47,10 @@ class JobRunner:
         residency: Residency,
         worker_id: str,
         refresh_advert: Callable[[], Awaitable[None]],
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._client = client
+        self._metrics = metrics
         self._batcher = Batcher(client)
         self._engine = engine
         self._residency = residency
@@ -99,6 +102,8 @@ class JobRunner:
             outcome = "internal"
             await publisher.error(ErrorType.INTERNAL, f"internal error: {exc}")
         finally:
+            if self._metrics is not None:
+                self._metrics.jobs.labels(job.model, outcome).inc()
             log.info(
                 "job_finished",
                 kind=job.kind,
@@ -125,6 +130,8 @@ class JobRunner:
             result.vectors, dimensions=job.dimensions, normalize=job.normalize
         )
         await publisher.embedded(vectors, result.n_prompt_tokens, time.perf_counter_ns() - started)
+        if self._metrics is not None:
+            self._metrics.prompt_tokens.labels(job.model).inc(result.n_prompt_tokens)
         return "stop"
 
     async def _generate(self, job: GenerateJob, publisher: Publisher) -> str:
@@ -147,6 +154,9 @@ class JobRunner:
                         tokens = []
                 if isinstance(output, Finish):
                     await publisher.done(output)
+                    if self._metrics is not None:
+                        self._metrics.tokens_generated.labels(job.model).inc(output.n_decoded)
+                        self._metrics.prompt_tokens.labels(job.model).inc(output.n_prompt_tokens)
                     # the prompt tokens a slot's cache saved (Ollama's counts include them)
                     structlog.contextvars.bind_contextvars(
                         prompt_tokens=output.n_prompt_tokens, cached_tokens=output.n_cached

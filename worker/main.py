@@ -54,7 +54,8 @@ async def serve_worker(settings: Settings, probe_socket: socket.socket) -> None:
             return False, "heartbeat not reaching redis"
         return True, ""
 
-    probes = health_server(create_health_app(readiness), settings.worker_health_addr)
+    app = create_health_app(readiness, worker.metrics)
+    probes = health_server(app, settings.worker_health_addr)
     # bound by `herd` before start-up, so a taken port is its one-line error
     probe_task = asyncio.create_task(probes.serve(sockets=[probe_socket]), name="probes")
     loop = asyncio.get_running_loop()

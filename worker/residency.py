@@ -83,6 +83,7 @@ class Residency:
         on_change: Callable[[], None] = lambda: None,
         budget: Callable[[], int] | None = None,
         claimed: Callable[[str], int] = lambda name: 0,
+        on_loaded: Callable[[str, float], None] = lambda name, seconds: None,
     ) -> None:
         self._engine = engine
         self._max = max_loaded
@@ -96,6 +97,8 @@ class Residency:
         self.loading: set[str] = set()
         self._default = default_keep_alive_s
         self._on_change = on_change
+        #: Told each load's model and seconds (``herd_model_load_seconds``).
+        self._on_loaded = on_loaded
         self._models: dict[str, _Resident] = {}
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
@@ -357,10 +360,12 @@ class Residency:
         entry = _Resident(name, options, self._default)
         entry.memory = self._engine.memory_required(name, options)
         self._models[name] = entry
+        seconds = time.perf_counter() - started
+        self._on_loaded(name, seconds)
         log.info(
             "model_resident",
             model=name,
-            seconds=round(time.perf_counter() - started, 3),
+            seconds=round(seconds, 3),
             resident=len(self._models),
             memory=entry.memory,
         )

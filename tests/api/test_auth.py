@@ -114,7 +114,7 @@ async def test_exempt_routes_stay_open(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/version")).status_code == 200
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     assert (await client.get("/readyz")).status_code == 200
-    assert (await client.get("/metrics")).status_code == 404  # guarded apart, not served yet
+    assert (await client.get("/metrics")).status_code == 200
 
 
 async def test_unknown_routes_need_a_key_before_they_are_404(client: httpx.AsyncClient) -> None:
