@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ApiFactory, WorkerFactory
+from tests.metrics_text import Samples, parse, value
 
 CHAT = {"model": "gemma3:270m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -22,25 +22,13 @@ API_FAMILIES = {
     "herd_active_streams": "gauge",
 }
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
 
 async def scrape(client: httpx.AsyncClient) -> tuple[dict[str, str], Samples]:
     """(family → type, (sample name, labels) → value) of one scrape."""
     response = await client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    types: dict[str, str] = {}
-    samples: Samples = {}
-    for family in text_string_to_metric_families(response.text):
-        types[family.name] = family.type
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return types, samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    return parse(response.text)
 
 
 async def test_the_families_are_exposed_with_their_types(api: ApiFactory) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from shared.messages import DoneEvent
@@ -17,6 +16,7 @@ from tests.conftest import (
     wait_for_http,
     worker_env,
 )
+from tests.metrics_text import parse, value
 from worker.health import create_health_app
 
 WORKER_FAMILIES = {
@@ -29,22 +29,6 @@ WORKER_FAMILIES = {
     "herd_model_load_seconds": "histogram",
     "herd_models_loaded": "gauge",
 }
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(text: str) -> tuple[dict[str, str], Samples]:
-    types: dict[str, str] = {}
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        types[family.name] = family.type
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return types, samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 async def test_metrics_move_as_jobs_run(worker: WorkerFactory, redis: Redis) -> None:
