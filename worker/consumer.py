@@ -361,7 +361,10 @@ class Worker:
             with structlog.contextvars.bound_contextvars(
                 request_id=job.request_id, model=job.model, worker_id=self.id
             ):
-                await self._jobs.run(job, attempt)
+                try:
+                    await self._jobs.run(job, attempt)
+                except (RedisError, OSError) as exc:  # its events cannot be published
+                    log.warning("job_lost_redis", error=str(exc))
         finally:
             with contextlib.suppress(RedisError, OSError):
                 await self._client.xack(stream, keys.JOB_GROUP, entry_id)
