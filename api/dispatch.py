@@ -501,16 +501,20 @@ def _joined(first: TokenEvent, then: TokenEvent) -> TokenEvent:
 
 
 def stamp(job: GenerateJob, queue_timeout_s: float) -> GenerateJob:
-    """A fresh run of a checked job: its own request id, enqueue time and deadline."""
+    """A fresh run of a checked job: its own job id (its token channel: never a client's
+    choice), the request's id as the client sees it (bound to the logs by ``api.http``),
+    enqueue time and deadline."""
     now_ms = int(time.time() * 1000)
+    trace = structlog.contextvars.get_contextvars().get("request_id")
     ready = job.model_copy(
         update={
             "request_id": uuid.uuid4().hex,
+            "trace_id": trace if isinstance(trace, str) else None,
             "enqueued_at_ms": now_ms,
             "deadline_ms": now_ms + int(queue_timeout_s * 1000),
         }
     )
-    structlog.contextvars.bind_contextvars(request_id=ready.request_id, model=ready.model)
+    structlog.contextvars.bind_contextvars(job_id=ready.request_id, model=ready.model)
     return ready
 
 

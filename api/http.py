@@ -12,6 +12,9 @@
   that announces itself too large, or as soon as a streamed one passes the limit.
 - API keys, when configured (``api.auth``): checked inside the host guard and CORS, before
   the body limit.
+- Request ids: an ``X-Request-ID`` the client sends is kept (if it is a sane token), else
+  one is made; it is returned in the response's headers, bound to every log line of the
+  request, and carried in its job (``GenerateJob.trace_id``) to the worker's lines.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import uuid
 from collections.abc import Iterable
 
 import orjson
+import structlog
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -129,6 +134,34 @@ def _local_addresses() -> set[str]:
     except OSError:
         return set()
     return {str(info[4][0]).split("%")[0] for info in infos}
+
+
+#: An ``X-Request-ID`` kept as the client sent it; anything else is replaced by a fresh one.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class RequestIds:
+    """Keep or make each request's id, log with it, and send it back."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0] != b"x-request-id"]
+                message = {**message, "headers": [*headers, header]}
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            await self.app(scope, receive, send_with_id)
 
 
 class HostGuard:
@@ -253,10 +286,12 @@ def _loopback(host: str) -> bool:
 def install(app: FastAPI, settings: Settings) -> None:
     """The middlewares, innermost first: the body limit, API keys (``api.auth``), the host
     guard, then CORS (so a preflight from an allowed origin is answered before anything
-    else, and a refusal still carries CORS headers a page can read)."""
+    else, and a refusal still carries CORS headers a page can read), and around them all
+    the request id (every answer carries one, every log line of the request too)."""
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     loopback = _loopback(settings.host.host)
     auth.install(app, settings, loopback=loopback)
     if loopback:
         app.add_middleware(HostGuard)
     app.add_middleware(Cors, origins=settings.origins)
+    app.add_middleware(RequestIds)

@@ -119,6 +119,9 @@ class GenerateJob(_Wire):
     normalize: bool = True
     enqueued_at_ms: int
     deadline_ms: int
+    #: The request's id as its client sees it (``X-Request-ID``, kept or made by the API):
+    #: every log line of the job carries it.
+    trace_id: str | None = None
     #: A continuation (set by the worker that takes over, never sent by the API): the
     #: answer's tokens so far, which the engine reads after the prompt and goes on from.
     resume: list[int] | None = None

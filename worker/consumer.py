@@ -359,7 +359,10 @@ class Worker:
                 log.error("job_invalid", stream=stream, entry_id=entry_id)
                 return
             with structlog.contextvars.bound_contextvars(
-                request_id=job.request_id, model=job.model, worker_id=self.id
+                request_id=job.trace_id or job.request_id,
+                job_id=job.request_id,
+                model=job.model,
+                worker_id=self.id,
             ):
                 try:
                     await self._jobs.run(job, attempt)
