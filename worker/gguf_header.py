@@ -20,7 +20,8 @@ import numpy as np
 #: Arrays longer than this are read as ``[]`` unless read in full (Ollama's /api/show rule).
 SHORT_ARRAY = 5
 
-_SCALARS: dict[gguf.GGUFValueType, str] = {
+#: struct formats of GGUF's scalar value types (``worker.memory`` reads with them too).
+SCALARS: dict[gguf.GGUFValueType, str] = {
     gguf.GGUFValueType.UINT8: "<B",
     gguf.GGUFValueType.INT8: "<b",
     gguf.GGUFValueType.UINT16: "<H",
@@ -118,8 +119,8 @@ class _Cursor:
             return self.string()
         if kind == gguf.GGUFValueType.FLOAT32:
             return _float32(self.unpack("<f"))
-        if kind in _SCALARS:
-            return self.unpack(_SCALARS[kind])
+        if kind in SCALARS:
+            return self.unpack(SCALARS[kind])
         if kind != gguf.GGUFValueType.ARRAY:
             raise GGUFError(f"unknown value type {kind}")
         item = gguf.GGUFValueType(self.unpack("<I"))

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.errors import EngineFailure, ErrorType, HerdError
-from shared.messages import GenerateJob
+from shared.messages import GenerateJob, ModelAdvert
 from worker.embeddings import shape_embeddings
 from worker.engine import Engine, Finish
 from worker.metrics import WorkerMetrics
@@ -86,7 +86,7 @@ class JobRunner:
                 elif job.kind == "embed":
                     outcome = await self._embed(job, publisher)
                 else:
-                    outcome = await self._generate(job, publisher)
+                    outcome = await self._generate(job, publisher, advert)
         except HerdError as exc:
             outcome = exc.error_type.value
             await publisher.error(exc.error_type, exc.message)
@@ -134,8 +134,9 @@ class JobRunner:
             self._metrics.prompt_tokens.labels(job.model).inc(result.n_prompt_tokens)
         return "stop"
 
-    async def _generate(self, job: GenerateJob, publisher: Publisher) -> str:
-        advert = next((m for m in self._engine.models() if m.name == job.model), None)
+    async def _generate(
+        self, job: GenerateJob, publisher: Publisher, advert: ModelAdvert | None
+    ) -> str:
         post = Postprocessor.for_job(job, advert)
         outputs = self._engine.generate(job)
         tokens: list[int] = []  # generated, not yet on a chunk (their text held back)

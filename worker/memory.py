@@ -19,6 +19,8 @@ from typing import Any
 
 import gguf
 
+from worker.gguf_header import SCALARS
+
 F32 = 4
 #: The KV cache's element size: f16 K and V, llama.cpp's default (``type_k``/``type_v``).
 KV_F16 = 2
@@ -317,20 +319,6 @@ def estimate(layout: Layout, plan: Plan) -> Estimate:
 
 # -- reading a GGUF's layout ---------------------------------------------------------------
 
-_SCALARS: dict[int, str] = {
-    gguf.GGUFValueType.UINT8: "<B",
-    gguf.GGUFValueType.INT8: "<b",
-    gguf.GGUFValueType.UINT16: "<H",
-    gguf.GGUFValueType.INT16: "<h",
-    gguf.GGUFValueType.UINT32: "<I",
-    gguf.GGUFValueType.INT32: "<i",
-    gguf.GGUFValueType.FLOAT32: "<f",
-    gguf.GGUFValueType.BOOL: "<?",
-    gguf.GGUFValueType.UINT64: "<Q",
-    gguf.GGUFValueType.INT64: "<q",
-    gguf.GGUFValueType.FLOAT64: "<d",
-}
-
 
 def read_layout(path: Path) -> Layout:
     """The hyperparameters and tensor sizes of the GGUF at ``path`` (its header only).
@@ -384,13 +372,13 @@ class _Reader:
         """A scalar or string; a short numeric array in full; None for what is skipped."""
         if kind == gguf.GGUFValueType.STRING:
             return self.string()
-        if kind in _SCALARS:
-            return self.unpack(_SCALARS[kind])
+        if kind in SCALARS:
+            return self.unpack(SCALARS[gguf.GGUFValueType(kind)])
         if kind != gguf.GGUFValueType.ARRAY:
             raise ValueError(f"unknown GGUF value type {kind}")
         item, count = self.unpack("<I"), self.unpack("<Q")
-        if item in _SCALARS:
-            fmt = _SCALARS[item]
+        if item in SCALARS:
+            fmt = SCALARS[gguf.GGUFValueType(item)]
             start, self.pos = self.pos, self.pos + struct.calcsize(fmt) * count
             if count > _KEEP_ARRAY:
                 return None

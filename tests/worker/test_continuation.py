@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -47,11 +48,10 @@ async def _stream(
     return chunks, max(gaps)
 
 
-async def test_a_stream_whose_worker_dies_goes_on_on_another(
-    api: ApiFactory, herd_process: ProcessFactory, redis: Redis, redis_url: str
-) -> None:
-    client = await api()
-    ids = ["c0", "c1"]
+async def _two_workers(
+    herd_process: ProcessFactory, redis: Redis, redis_url: str, ids: list[str]
+) -> Callable[[], Awaitable[None]]:
+    """Start two slow workers; returns what SIGKILLs the one running the model's job."""
     children = {
         w: herd_process("worker", **worker_env(redis_url, w, fake_token_delay_s=0.2)) for w in ids
     }
@@ -64,6 +64,14 @@ async def test_a_stream_whose_worker_dies_goes_on_on_another(
     async def kill() -> None:
         children[await _owner(redis)].send_signal(signal.SIGKILL)
 
+    return kill
+
+
+async def test_a_stream_whose_worker_dies_goes_on_on_another(
+    api: ApiFactory, herd_process: ProcessFactory, redis: Redis, redis_url: str
+) -> None:
+    client = await api()
+    kill = await _two_workers(herd_process, redis, redis_url, ["c0", "c1"])
     body = {"model": MODEL, "prompt": "hi", "think": False, "options": {"temperature": 0}}
     chunks, gap = await _stream(client, body, kill)
     assert not any("error" in chunk for chunk in chunks), chunks[-1]
@@ -80,19 +88,7 @@ async def test_a_stream_that_cannot_continue_still_ends_with_one_error(
     api: ApiFactory, herd_process: ProcessFactory, redis: Redis, redis_url: str
 ) -> None:
     client = await api()
-    ids = ["d0", "d1"]
-    children = {
-        w: herd_process("worker", **worker_env(redis_url, w, fake_token_delay_s=0.2)) for w in ids
-    }
-
-    async def both_up() -> bool:
-        return all([await redis.exists(keys.worker_key(w)) for w in ids])
-
-    await until(both_up, timeout_s=30)
-
-    async def kill() -> None:
-        children[await _owner(redis)].send_signal(signal.SIGKILL)
-
+    kill = await _two_workers(herd_process, redis, redis_url, ["d0", "d1"])
     # logprobs: the sampler's state is more than a token list; no continuation
     body = {"model": MODEL, "prompt": "hi", "logprobs": True}
     chunks, _ = await _stream(client, body, kill)
