@@ -14,7 +14,7 @@ from api.metrics import ApiMetrics, RequestMetrics
 from api.metrics import router as metrics_router
 from api.registry import Registry
 from api.responses import install_error_handlers
-from api.routes import cluster, dlq, health, inference, models, openai
+from api.routes import cluster, dlq, health, inference, models, openai, status
 from api.state import AppState
 from shared.redis import connect
 from shared.settings import Settings
@@ -67,6 +67,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=metrics)
     for module in (health, models, inference, openai, cluster, dlq):
         app.include_router(module.router)
+    # the status page: open with API keys configured (api.auth.EXEMPT), its polls are not
+    app.include_router(status.router)
     # not an Ollama route; open with API keys configured (api.auth.EXEMPT)
     app.include_router(metrics_router)
     return app

@@ -12,11 +12,12 @@ Keys come from ``HERD_API_KEYS`` (comma-separated) and ``HERD_API_KEYS_FILE`` (o
   requests per minute (left out: ``HERD_KEY_MAX_STREAMS``, ``HERD_KEY_REQUESTS_PER_MINUTE``;
   0: none). Limits are counted in each API process: with N API pods a key gets N times.
 
-With keys set, every route but ``/``, ``/api/version``, ``/healthz``, ``/readyz`` and
-``/metrics`` needs ``Authorization: Bearer <key>``; a route nobody declared needs ``admin``,
-so one added later is closed until it is classified here. Refusals: 401 (no key, or not one
-of them), 403 (the key lacks the scope), 429 with ``Retry-After`` (over a limit); in
-Ollama's ``{"error": ...}``, or OpenAI's error object under /v1.
+With keys set, every route but ``/``, ``/api/version``, ``/healthz``, ``/readyz``,
+``/metrics`` and ``/status`` (a page without data; its polls send a key) needs
+``Authorization: Bearer <key>``; a route nobody declared needs ``admin``, so one added
+later is closed until it is classified here. Refusals: 401 (no key, or not one of them),
+403 (the key lacks the scope), 429 with ``Retry-After`` (over a limit); in Ollama's
+``{"error": ...}``, or OpenAI's error object under /v1.
 
 Only each key's sha256 is kept (the settings keep the text, as a ``SecretStr``); a presented
 key's hash is compared with every stored one with ``hmac.compare_digest``. A key is never
@@ -61,7 +62,7 @@ class Need(StrEnum):
     ADMIN = "admin"
 
 
-EXEMPT = frozenset({"/", "/api/version", "/healthz", "/readyz", "/metrics"})
+EXEMPT = frozenset({"/", "/api/version", "/healthz", "/readyz", "/metrics", "/status"})
 INFERENCE = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"})
 READ_ONLY = frozenset({"/api/tags", "/api/ps", "/api/show", "/api/cluster", "/v1/models"})
 

@@ -354,6 +354,8 @@ class _Relay:
         self._resume_until: float | None = None
         #: Decoding time of earlier attempts (a continuation's done adds it).
         self._eval_before_ns = 0
+        #: When the last chunk before a continuation came (0: not in one).
+        self._gap_from = 0.0
 
     async def events(self) -> AsyncIterator[Event]:
         held: bytes | BaseException | None = None
@@ -403,7 +405,7 @@ class _Relay:
                     self._resume_until = None
                     self._eval_before_ns += self._last_ns - self._first_ns
                     self._first_ns = self._last_ns = 0
-                    self._chunk_at = 0.0
+                    self._gap_from, self._chunk_at = self._chunk_at, 0.0
                     log.warning("stream_continued", worker_id=event.worker_id, at=self._covered)
                     continue
             elif isinstance(event, TokenEvent):
@@ -442,11 +444,13 @@ class _Relay:
         now = time.perf_counter()
         if self._metrics is not None:
             model = self._job.model
+            if self._gap_from:
+                self._metrics.continuation_gap.labels(model).observe(now - self._gap_from)
             if not self._n_tokens:
                 self._metrics.time_to_first_token.labels(model).observe(now - self._submitted)
             elif self._chunk_at:
                 self._metrics.inter_token_latency.labels(model).observe(now - self._chunk_at)
-        self._chunk_at = now
+        self._chunk_at, self._gap_from = now, 0.0
 
     async def _check_progress(self) -> None:
         if self.routed is not None:
@@ -467,7 +471,7 @@ class _Relay:
             log.warning("worker_lost", worker_id=self._worker, tokens_sent=self._n_tokens)
             if self._n_tokens:
                 # go on only with another replica ready to take it over
-                others = set(await self._registry.holders(self._job.model)) - {self._worker}
+                others = set(await self._registry.replicas(self._job.model)) - {self._worker}
                 if not (self._job.continuable() and self._covered and others):
                     raise Unavailable(WORKER_LOST)
                 self._resume_until = time.monotonic() + RESUME_WAIT_S

@@ -83,6 +83,14 @@ class ApiMetrics:
             buckets=FIRST_TOKEN_BUCKETS,
             registry=r,
         )
+        self.continuation_gap = Histogram(
+            "herd_continuation_gap_seconds",
+            "The pause a client saw where another worker went on with its answer "
+            "(its worker drained or died): the last chunk before to the first after",
+            ["model"],
+            buckets=FIRST_TOKEN_BUCKETS,
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "herd_queue_depth",
             "Jobs waiting in a model's queue (no worker has taken them), as of the scrape",

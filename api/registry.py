@@ -161,6 +161,16 @@ class Registry:
             if any(loaded.name == name for loaded in worker.loaded)
         ]
 
+    async def replicas(self, name: str) -> list[str]:
+        """Ready workers (not draining) that have ``name`` loaded or are loading it: those
+        that can go on with an answer another worker stopped."""
+        return [
+            worker.worker_id
+            for worker in await self.workers(fresh=True)
+            if worker.ready
+            and (name in worker.loading or any(m.name == name for m in worker.loaded))
+        ]
+
     async def is_alive(self, worker_id: str) -> bool:
         return bool(await self._client.exists(keys.worker_key(worker_id)))
 

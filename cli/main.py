@@ -1,6 +1,6 @@
 """The ``herd`` command: ``serve`` (everything on one machine), ``api``, ``worker``, the
 client verbs of the ``ollama`` CLI (``list``, ``ps``, ``show``, ``run``, ``stop``, ``cp``,
-``rm``) and Herd's own (``cluster``, ``scale``) against the API at ``HERD_HOST``."""
+``rm``) and Herd's own (``cluster``, ``scale``, ``top``) against the API at ``HERD_HOST``."""
 
 from __future__ import annotations
 
@@ -131,6 +131,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="M",
         help="at most this many workers load it (default: as demand asks)",
     )
+    live = sub.add_parser("top", help="a live view of the workers, models and queues")
+    live.add_argument("--once", action="store_true", help="print one view and exit")
     dlq = sub.add_parser("dlq", help="jobs set aside after their runs stopped workers")
     dlq.add_argument("action", nargs="?", choices=["list", "drop", "retry"], default="list")
     dlq.add_argument("entry", nargs="?", help="an entry id (drop, retry)")
@@ -160,6 +162,13 @@ def _client_verb(args: argparse.Namespace, settings: Settings) -> int:
                 verbs.cluster()
             elif args.command == "scale":
                 verbs.scale(args.model, args.min_replicas, args.max_replicas)
+            elif args.command == "top":
+                # rich only for this verb: the others start without it
+                from rich.console import Console
+
+                from cli.top import top
+
+                top(client, Console(), once=args.once)
             elif args.command == "dlq":
                 verbs.dlq(args.action, args.entry)
             else:

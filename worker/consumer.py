@@ -34,9 +34,12 @@ Delivery semantics:
   memory), and a control stream of its own (``worker.control``) unloads models on the
   API's request.
 - The advert is rewritten every interval, and at once when a model loads or unloads.
-- On SIGTERM the worker stops claiming at once, gives in-flight jobs
-  ``shutdown_grace_s`` to finish, fails the rest with an error event, and withdraws its
-  advert.
+- On SIGTERM the worker stops claiming and placing at once, advertises ``ready: false``,
+  and drains (``worker.drain``): jobs it can give back go to their model's stream as new
+  attempts (continuations, for streams under way), the rest get ``shutdown_grace_s`` to
+  finish and then fail with an error event; then it withdraws its advert. A re-queued
+  entry carries the attempts that ran (``drain.ATTEMPTS_FIELD``), so attempt numbers only
+  grow.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from redis.exceptions import RedisError, ResponseError
 from shared import keys
 from shared.messages import DeviceInfo, GenerateJob, LoadOptions
 from shared.settings import Settings
-from worker import control, poison
+from worker import control, drain, poison
 from worker.devices import Devices
 from worker.engine import Engine
 from worker.fake_engine import fake_device
@@ -95,6 +98,8 @@ class Worker:
         self._capacity = asyncio.Event()
         #: Stream entries this process is running (others pending under its id are orphans).
         self._running: set[str] = set()
+        #: What the drain knows of each running job, by stream entry.
+        self._handoffs: dict[str, drain.Handoff] = {}
         self._stopping = asyncio.Event()
         #: The claim's blocking read: its own connection, so it can be unblocked.
         self._reader = Redis(connection_pool=client.connection_pool, single_connection_client=True)
@@ -222,18 +227,22 @@ class Worker:
         await self._beat()
         self.ready = True
         log.info("worker_ready", worker_id=self.id, models=[m.name for m in self.engine.models()])
+        placement = asyncio.create_task(self.placer.run(), name="placement")
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(
                 control.control_loop(self._client, self.id, self.residency), name="control"
             ),
-            asyncio.create_task(self.placer.run(), name="placement"),
+            placement,
         ]
         claim = asyncio.create_task(self._claim_loop(), name="claim")
         await self._stopping.wait()
         claim.cancel()  # a job claimed mid-read stays pending for another worker to take
+        placement.cancel()  # no load starts here any more: placement looks elsewhere
         # redis-py can sit in a cancelled read (seen in tests): never let it hold the drain
         await asyncio.wait({claim}, timeout=keys.BLOCK_MS / 1000 + 1)
+        with contextlib.suppress(RedisError, OSError):
+            await self._beat()  # ready: false, before any job goes back
         await self._drain()
         for task in background:
             task.cancel()
@@ -256,14 +265,29 @@ class Worker:
                 await self._client.xgroup_create(stream, keys.JOB_GROUP, id="0", mkstream=True)
 
     async def _drain(self) -> None:
-        if self._tasks:
-            log.info(
-                "worker_draining", jobs=len(self._tasks), grace_s=self.settings.shutdown_grace_s
-            )
-            _, pending = await asyncio.wait(self._tasks, timeout=self.settings.shutdown_grace_s)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        """Give back what can go (``worker.drain``'s rule), wait out the grace for the
+        rest, then end what is left with an error event."""
+        if not self._tasks:
+            return
+        grace = self.settings.shutdown_grace_s
+        end = time.monotonic() + grace
+        now = [h for h in self._handoffs.values() if drain.goes_now(h, grace)]
+        for handoff in now:
+            handoff.request()
+        log.info("worker_draining", jobs=len(self._tasks), handed_back=len(now), grace_s=grace)
+        _, pending = await asyncio.wait(self._tasks, timeout=grace / 2)
+        for handoff in self._handoffs.values():
+            if not handoff.requested and handoff.can_go():
+                handoff.request()
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=max(0.0, end - time.monotonic()))
+        # a job on its way back stops at its next output: give it a moment, not a cancel
+        # mid-publish (a chunk published after the re-queue would not be in its progress)
+        if any(h.requested and h.task in pending for h in self._handoffs.values()):
+            _, pending = await asyncio.wait(pending, timeout=drain.SETTLE_S)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _claim_loop(self) -> None:
         models = self._models_by_stream
@@ -325,14 +349,20 @@ class Worker:
         model = self._model_of(stream, fields)
         served = keys.job_stream(model) in self._models_by_stream
         if not served or self.residency.serving(model) or model in self.residency.resident():
-            self._spawn(stream, entry_id, fields, attempt=1)
+            self._spawn(stream, entry_id, fields, attempt=_attempts_before(fields) + 1)
             return
+        await self._requeue(stream, entry_id, model, fields)
+        log.info("job_handed_back", model=model, entry_id=entry_id)
+
+    async def _requeue(
+        self, stream: str, entry_id: str, model: str, fields: dict[bytes, bytes]
+    ) -> None:
+        """Move an entry to the end of its model's stream, atomically (never run twice)."""
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.xadd(keys.job_stream(model), fields)  # type: ignore[arg-type]
             pipe.xack(stream, keys.JOB_GROUP, entry_id)
             pipe.xdel(stream, entry_id)
             await pipe.execute()
-        log.info("job_handed_back", model=model, entry_id=entry_id)
 
     def _spawn(self, stream: str, entry_id: str, fields: dict[bytes, bytes], attempt: int) -> None:
         model = self._model_of(stream, fields)
@@ -352,12 +382,19 @@ class Worker:
     async def _handle(
         self, stream: str, entry_id: str, fields: dict[bytes, bytes], attempt: int
     ) -> None:
+        handoff: drain.Handoff | None = None
         try:
             try:
                 job = GenerateJob.from_fields(fields)
             except ValidationError:
                 log.error("job_invalid", stream=stream, entry_id=entry_id)
                 return
+            handoff = self._jobs.handoff(job)
+            handoff.task = asyncio.current_task()
+            self._handoffs[entry_id] = handoff
+            if self._stopping.is_set():  # claimed as the drain began: back at once
+                handoff.request()
+            cause = "drain" if fields.get(drain.CAUSE_FIELD) == b"drain" else "crash"
             with structlog.contextvars.bound_contextvars(
                 request_id=job.trace_id or job.request_id,
                 job_id=job.request_id,
@@ -365,13 +402,26 @@ class Worker:
                 worker_id=self.id,
             ):
                 try:
-                    await self._jobs.run(job, attempt)
+                    await self._jobs.run(job, attempt, handoff, cause)
                 except (RedisError, OSError) as exc:  # its events cannot be published
                     log.warning("job_lost_redis", error=str(exc))
         finally:
+            self._handoffs.pop(entry_id, None)
             with contextlib.suppress(RedisError, OSError):
-                await self._client.xack(stream, keys.JOB_GROUP, entry_id)
-                await self._client.xdel(stream, entry_id)
+                if handoff is not None and handoff.handed_off:
+                    await self._give_back(stream, entry_id, fields, attempt)
+                else:
+                    await self._client.xack(stream, keys.JOB_GROUP, entry_id)
+                    await self._client.xdel(stream, entry_id)
+
+    async def _give_back(
+        self, stream: str, entry_id: str, fields: dict[bytes, bytes], attempt: int
+    ) -> None:
+        """Re-queue a job the drain stopped, on its model's stream, after ``attempt``."""
+        model = self._model_of(stream, fields)
+        again = {**fields, drain.ATTEMPTS_FIELD: str(attempt).encode(), drain.CAUSE_FIELD: b"drain"}
+        await self._requeue(stream, entry_id, model, again)
+        log.info("job_given_back", model=model, attempt=attempt)
 
     async def _beat(self) -> None:
         async with self._beat_lock:  # an older snapshot never overwrites a newer one
@@ -390,6 +440,7 @@ class Worker:
                 total=sum(m.slots for m in loaded),
                 free=sum(max(0, m.slots - self._inflight.get(m.name, 0)) for m in loaded),
                 loaded=loaded,
+                ready=not self._stopping.is_set(),
             ).model_copy(
                 update={
                     "memory_total": total,
@@ -452,5 +503,12 @@ class Worker:
                     await poison.set_aside(self._client, stream, entry_id, fields, owner, delivered)
                     continue
                 log.warning("job_reclaimed", from_worker=owner, entry_id=entry_id)
-                taken.append((stream, entry_id, fields, delivered + 1))
+                taken.append((stream, entry_id, fields, _attempts_before(fields) + delivered + 1))
         return taken
+
+
+def _attempts_before(fields: dict[bytes, bytes]) -> int:
+    """Attempts of the job that ran before its entry was queued (a drain re-queued it)."""
+    with contextlib.suppress(ValueError):
+        return int(fields.get(drain.ATTEMPTS_FIELD, b"0"))
+    return 0

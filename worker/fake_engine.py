@@ -6,7 +6,9 @@ It reads no model file and implements the whole ``Engine`` protocol deterministi
   ``token_delay_s`` per piece, ``num_predict`` pieces of it if given ("length"), else all
   ("stop"). A prompt containing ``FAIL_MARKER`` fails after two pieces, to test errors in
   the middle of a stream; one containing ``CRASH_MARKER`` kills the worker's process
-  (SIGKILL) before its first piece, to test poison jobs.
+  (SIGKILL) before its first piece, to test poison jobs. One containing ``COUNT_MARKER``
+  answers ``"0 1 2 ..."``, ``num_predict`` numbers (``COUNT_DEFAULT`` without it): a long
+  answer whose every piece is known, to check that none is lost or repeated.
 - With ``think`` truthy and the ``thinking`` capability, ``<think>Fake thoughts.</think>``
   comes first; with ``tools`` (and the last message not a tool result) the answer is a
   ``<tool_call>`` for the first tool with arguments made from its schema; ``format`` gives
@@ -52,6 +54,8 @@ from worker.schema_example import example
 REPLY = "Hello from the herd. Ünïcode survives the trip, token by token."
 FAIL_MARKER = "[[fake:fail]]"
 CRASH_MARKER = "[[fake:crash]]"
+COUNT_MARKER = "[[fake:count]]"
+COUNT_DEFAULT = 200
 THOUGHTS = "Fake thoughts."
 #: What every loaded fake model "occupies".
 SIZE_BYTES = 1024 * 1024
@@ -217,6 +221,9 @@ class FakeEngine:
             pieces += _split(orjson.dumps({"reply": REPLY}).decode())
         elif isinstance(job.format, dict):
             pieces += _split(orjson.dumps(example(job.format)).decode())
+        elif COUNT_MARKER in job.prompt + "".join(m.content for m in job.messages):
+            limit = job.options.num_predict
+            pieces += [f"{i} " for i in range(limit if limit and limit > 0 else COUNT_DEFAULT)]
         else:
             words = [w + " " for w in REPLY.split(" ")]
             words[-1] = words[-1].rstrip()

@@ -45,7 +45,10 @@ class Advertiser:
         total: int,
         free: int,
         loaded: list[LoadedModel] | None = None,
+        *,
+        ready: bool = True,
     ) -> WorkerAdvert:
+        """``ready``: False while draining (placement and routing look elsewhere)."""
         return WorkerAdvert(
             worker_id=self._worker_id,
             host=socket.gethostname(),
@@ -56,7 +59,7 @@ class Advertiser:
             loaded=loaded or [],
             slots_total=total,
             slots_free=free,
-            ready=True,
+            ready=ready,
             started_at=self._started_at,
         )
 

@@ -11,8 +11,10 @@ publishes ``started`` (its ``load_ns`` covers the queue wait and the load, Ollam
   calls), as token events; a token that reaches nobody stops the generation.
 - A continuable job (``GenerateJob.continuable``, on an engine that ``continues``)
   records its answer's token ids as its chunks go out; a later attempt (the worker that ran
-  it died) reads them and the engine goes on from there (``started`` says from where),
-  so its client sees one answer.
+  it died, or drained: ``worker.drain``) reads them and the engine goes on from there
+  (``started`` says from where), so its client sees one answer.
+- A draining worker's request to give a job back (``drain.Handoff``) stops it between two
+  outputs, or before it starts, with nothing published: the worker re-queues it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from redis.exceptions import RedisError
 from shared import keys
 from shared.errors import EngineFailure, ErrorType, HerdError
 from shared.messages import GenerateJob, ModelAdvert
+from worker.drain import Handoff, bound
 from worker.embeddings import shape_embeddings
 from worker.engine import Engine, Finish
 from worker.metrics import WorkerMetrics
@@ -37,6 +40,10 @@ from worker.publisher import Batcher, Publisher, unpack
 from worker.residency import Residency
 
 log = structlog.get_logger()
+
+
+class HandedOff(Exception):
+    """The job stopped to go back to its stream (a drain asked)."""
 
 
 class JobRunner:
@@ -57,16 +64,27 @@ class JobRunner:
         self._worker_id = worker_id
         self._refresh_advert = refresh_advert
 
-    async def run(self, job: GenerateJob, attempt: int) -> None:
+    def handoff(self, job: GenerateJob) -> Handoff:
+        """What a drain needs to know of ``job`` while it runs here."""
         advert = next((m for m in self._engine.models() if m.name == job.model), None)
         continuable = self._engine.continues and job.continuable() and not thinks(job, advert)
+        return Handoff(continuable=continuable, num_predict=bound(job.options.num_predict))
+
+    async def run(
+        self, job: GenerateJob, attempt: int, handoff: Handoff | None = None, cause: str = "crash"
+    ) -> None:
+        """Run ``job``; ``cause``: why an earlier attempt stopped (``drain`` or ``crash``)."""
+        advert = next((m for m in self._engine.models() if m.name == job.model), None)
+        handoff = handoff or self.handoff(job)
+        continuable = handoff.continuable
         publisher = Publisher(self._batcher, job.request_id, attempt, continuable=continuable)
         started = time.perf_counter()
         outcome = "dropped"
         try:
-            if time.time() * 1000 > job.deadline_ms or await self._client.exists(
-                keys.cancel_key(job.request_id)
-            ):
+            # the queue deadline is the first attempt's: a later one goes on with a request
+            # the API still waits for (a client gone has set the cancel marker)
+            late = attempt == 1 and time.time() * 1000 > job.deadline_ms
+            if late or await self._client.exists(keys.cancel_key(job.request_id)):
                 return
             async with self._residency.use(job.model, job.load, job.keep_alive_s) as fresh:
                 # the advert shows the model, and the expiry a keep_alive sets, before
@@ -75,10 +93,11 @@ class JobRunner:
                     await self._refresh_advert()
                 waited_ns = max(0, int(time.time() * 1000) - job.enqueued_at_ms) * 1_000_000
                 if continuable and attempt > 1:
-                    job = await self._resumed(job)
+                    job = await self._resumed(job, cause)
                 resumed_at = len(job.resume or [])
                 if not await publisher.started(self._worker_id, waited_ns, resumed_at):
                     return
+                handoff.started = True
                 outcome = "cancelled"
                 if job.kind == "load":
                     await publisher.loaded()
@@ -86,11 +105,18 @@ class JobRunner:
                 elif job.kind == "embed":
                     outcome = await self._embed(job, publisher)
                 else:
-                    outcome = await self._generate(job, publisher, advert)
+                    outcome = await self._generate(job, publisher, advert, handoff)
+        except HandedOff:
+            outcome = "handed_off"
+            handoff.handed_off = True
         except HerdError as exc:
             outcome = exc.error_type.value
             await publisher.error(exc.error_type, exc.message)
         except asyncio.CancelledError:
+            if handoff.requested and not handoff.started:
+                outcome = "handed_off"  # it goes back before its first token
+                handoff.handed_off = True
+                raise
             outcome = "interrupted"
             with contextlib.suppress(RedisError, OSError):
                 await asyncio.shield(
@@ -112,12 +138,14 @@ class JobRunner:
                 seconds=round(time.perf_counter() - started, 3),
             )
 
-    async def _resumed(self, job: GenerateJob) -> GenerateJob:
+    async def _resumed(self, job: GenerateJob, cause: str) -> GenerateJob:
         """``job`` going on from the answer tokens an earlier attempt recorded, if any."""
         recorded = await self._client.get(keys.progress(job.request_id))
         tokens = unpack(recorded) if recorded else []
         if tokens:
-            log.warning("job_continued", tokens=len(tokens))
+            log.warning("job_continued", tokens=len(tokens), cause=cause)
+            if self._metrics is not None:
+                self._metrics.continuations.labels(job.model, cause).inc()
         return job.model_copy(update={"resume": tokens or None})
 
     async def _embed(self, job: GenerateJob, publisher: Publisher) -> str:
@@ -135,22 +163,26 @@ class JobRunner:
         return "stop"
 
     async def _generate(
-        self, job: GenerateJob, publisher: Publisher, advert: ModelAdvert | None
+        self, job: GenerateJob, publisher: Publisher, advert: ModelAdvert | None, drain: Handoff
     ) -> str:
         post = Postprocessor.for_job(job, advert)
         outputs = self._engine.generate(job)
         tokens: list[int] = []  # generated, not yet on a chunk (their text held back)
         try:
             async for output in outputs:
+                if drain.requested and drain.can_go() and not isinstance(output, Finish):
+                    raise HandedOff  # between two outputs: what the client has is recorded
                 if isinstance(output, Finish):
                     chunks = post.finish()
                 else:
                     tokens += output.tokens
+                    drain.generated(len(output.tokens))
                     chunks = post.feed(output)
                 for index, chunk in enumerate(chunks):
                     last = index == len(chunks) - 1
                     if not await _send(publisher, chunk, tokens if last else ()):
                         return "cancelled"  # nobody listens any more: the client went away
+                    drain.chunks += 1
                     if last:
                         tokens = []
                 if isinstance(output, Finish):

@@ -66,6 +66,12 @@ class WorkerMetrics:
         self.jobs = Counter(
             "herd_jobs", "Jobs ended here, by outcome", ["model", "outcome"], registry=r
         )
+        self.continuations = Counter(
+            "herd_continuations",
+            "Answers this worker went on with after another stopped: drained or crashed",
+            ["model", "cause"],
+            registry=r,
+        )
         self.model_load = Histogram(
             "herd_model_load_seconds",
             "Loading a model onto this worker's devices",

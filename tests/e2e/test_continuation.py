@@ -57,13 +57,20 @@ async def _answer(
     return chunks, max(gaps, default=0.0)
 
 
-async def test_a_killed_workers_answer_goes_on_with_the_same_greedy_text(
-    herd_process: ProcessFactory, redis: Redis, redis_url: str
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["crash", "drain"])
+async def test_a_stopped_workers_answer_goes_on_with_the_same_greedy_text(
+    herd_process: ProcessFactory, redis: Redis, redis_url: str, sig: signal.Signals
 ) -> None:
+    """SIGKILL: a crash (the advert expires, another worker reclaims the job); SIGTERM: a
+    drain (the worker gives the stream back at once)."""
     ids = ["g0", "g1"]
     children = {
         w: herd_process(
-            "worker", **worker_env(redis_url, w, engine="llama", num_ctx=1024, num_parallel=1)
+            "worker",
+            # a grace too short for the rest of the answer: a drain hands the stream over
+            **worker_env(
+                redis_url, w, engine="llama", num_ctx=1024, num_parallel=1, shutdown_grace_s=1
+            ),
         )
         for w in ids
     }
@@ -81,11 +88,11 @@ async def test_a_killed_workers_answer_goes_on_with_the_same_greedy_text(
         expected = "".join(chunk.get("response", "") for chunk in whole)
 
         async def kill() -> None:
-            children[await _owner(redis)].send_signal(signal.SIGKILL)
+            children[await _owner(redis)].send_signal(sig)
 
         resumed, gap = await _answer(client, kill)
     assert not any("error" in chunk for chunk in resumed), resumed[-1]
     assert "".join(chunk.get("response", "") for chunk in resumed) == expected
     assert resumed[-1]["done"] is True
     assert resumed[-1]["eval_count"] == whole[-1]["eval_count"]
-    print(f"continuation gap: {gap:.2f} s")  # noqa: T201 - measured for docs/reliability.md
+    print(f"continuation gap ({sig.name}): {gap:.2f} s")  # noqa: T201 - measured for docs/reliability.md

@@ -23,7 +23,9 @@ RELEASE = "herd"
 NAMESPACE = "llm"
 
 #: Kinds that are CustomResourceDefinitions of other projects: no built-in schema for them.
-CRD_KINDS = frozenset({"ScaledObject", "TriggerAuthentication", "ServiceMonitor"})
+CRD_KINDS = frozenset(
+    {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PodMonitor", "PrometheusRule"}
+)
 
 Obj = dict[str, Any]
 

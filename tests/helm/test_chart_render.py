@@ -141,7 +141,7 @@ def test_several_problems_are_reported_together() -> None:
     [
         {"api": {"service": {"type": "LoadBalancer"}}},
         {"api": {"service": {"type": "NodePort"}}},
-        {"api": {"ingress": {"enabled": True}}},
+        {"api": {"ingress": {"enabled": True, "allowUnauthenticated": True}}},
     ],
     ids=["load-balancer", "node-port", "ingress"],
 )

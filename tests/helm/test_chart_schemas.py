@@ -96,6 +96,8 @@ CRD_API_VERSIONS = {
     "ScaledObject": "keda.sh/v1alpha1",
     "TriggerAuthentication": "keda.sh/v1alpha1",
     "ServiceMonitor": "monitoring.coreos.com/v1",
+    "PodMonitor": "monitoring.coreos.com/v1",
+    "PrometheusRule": "monitoring.coreos.com/v1",
 }
 
 
@@ -126,13 +128,25 @@ def test_crd_objects_have_their_required_fields(label: str, doc: Obj) -> None:
     elif doc["kind"] == "TriggerAuthentication":
         for ref in _require(doc, "spec", "secretTargetRef"):
             assert ref["parameter"] == "password" and ref["name"] and ref["key"]
+    elif doc["kind"] == "PrometheusRule":
+        for group in _require(doc, "spec", "groups"):
+            assert group["name"]
+            for rule in group["rules"]:
+                assert rule["alert"] and rule["expr"]
+                assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}
+                assert all(isinstance(v, str) for v in rule["annotations"].values())
     else:
         _require(doc, "spec", "selector", "matchLabels")
-        for endpoint in _require(doc, "spec", "endpoints"):
+        field = "endpoints" if doc["kind"] == "ServiceMonitor" else "podMetricsEndpoints"
+        for endpoint in _require(doc, "spec", field):
             assert endpoint["port"] and endpoint["path"].startswith("/")
+            for relabeling in endpoint.get("relabelings", []):
+                assert relabeling["targetLabel"] and relabeling["action"] == "replace"
 
 
 def test_crds_are_rendered_only_where_enabled() -> None:
     assert not CRD_KINDS & render_profile("default").kinds()
     assert {"ScaledObject", "TriggerAuthentication"} <= render_profile("keda").kinds()
-    assert "ServiceMonitor" in render_profile("production-like").kinds()
+    assert {"ServiceMonitor", "PodMonitor", "PrometheusRule"} <= render_profile(
+        "production-like"
+    ).kinds()

@@ -207,6 +207,7 @@ Compile all warnings and errors about the values into one message and fail once.
 {{- $messages = append $messages (include "herd.validateValues.pdb" (dict "name" "api.pdb" "pdb" .Values.api.pdb)) -}}
 {{- $messages = append $messages (include "herd.validateValues.pdb" (dict "name" "worker.pdb" "pdb" .Values.worker.pdb)) -}}
 {{- $messages = append $messages (include "herd.validateValues.heartbeat" .) -}}
+{{- $messages = append $messages (include "herd.validateValues.ingressAuth" .) -}}
 {{- $messages = without $messages "" -}}
 {{- $message := join "\n" $messages -}}
 {{- if $message -}}
@@ -259,6 +260,12 @@ config: heartbeatTtlSeconds must be longer than heartbeatIntervalSeconds, or adv
 {{- end -}}
 {{- end -}}
 
+{{- define "herd.validateValues.ingressAuth" -}}
+{{- if and .Values.api.ingress.enabled (not (include "herd.api.auth" .)) (not (include "herd.api.ingressAuth" .)) (not .Values.api.ingress.allowUnauthenticated) -}}
+api.ingress: an Ingress would publish the API without authentication. Set api.auth.existingSecret (a file of API keys), add the ingress controller's auth annotation (e.g. nginx.ingress.kubernetes.io/auth-url), or set api.ingress.allowUnauthenticated=true if an open API is intended
+{{- end -}}
+{{- end -}}
+
 {{/*
 Return a PodDisruptionBudget's budget: minAvailable or maxUnavailable, whichever is set.
 */}}
@@ -268,4 +275,150 @@ minAvailable: {{ .minAvailable }}
 {{- else }}
 maxUnavailable: {{ .maxUnavailable }}
 {{- end }}
+{{- end }}
+
+{{/*
+Return a Kubernetes quantity (`2Gi`, `512Mi`, `1G`, `1500000000`) as a number of bytes.
+Usage: include "herd.quantityBytes" .Values.redis.resources.limits.memory
+*/}}
+{{- define "herd.quantityBytes" -}}
+{{- if or (kindIs "float64" .) (kindIs "int64" .) (kindIs "int" .) -}}
+{{- int64 . -}}
+{{- else -}}
+{{- $quantity := toString . | trim -}}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $quantity -}}
+{{- $unit := trimPrefix $number $quantity -}}
+{{- $units := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 -}}
+{{- if or (not $number) (not (hasKey $units $unit)) -}}
+{{- fail (printf "cannot read the quantity %q: use a number with an optional k, M, G, T, Ki, Mi, Gi or Ti suffix" $quantity) -}}
+{{- end -}}
+{{- mulf (float64 $number) (index $units $unit) | int64 -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+Return the bundled Redis' maxmemory in bytes: redis.maxmemory as given, else redis.maxmemoryPercent
+of the container's memory limit, else "" (no limit: Redis may grow until the kernel kills it).
+*/}}
+{{- define "herd.redis.maxmemory" -}}
+{{- $limit := dig "limits" "memory" "" (default dict .Values.redis.resources) -}}
+{{- if .Values.redis.maxmemory -}}
+{{- .Values.redis.maxmemory -}}
+{{- else if $limit -}}
+{{- div (mul (include "herd.quantityBytes" $limit | int64) (int64 .Values.redis.maxmemoryPercent)) 100 -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+Return the worker container's resources: worker.resources, plus the GPU request of worker.gpu and,
+when the models are on an emptyDir, an ephemeral-storage request (the emptyDir's size limit) and
+limit (that plus models.storage.ephemeralStorageHeadroom), unless worker.resources sets its own.
+*/}}
+{{- define "herd.worker.resources" -}}
+{{- $resources := deepCopy (default dict .Values.worker.resources) }}
+{{- $requests := default dict $resources.requests }}
+{{- $limits := default dict $resources.limits }}
+{{- if .Values.worker.gpu.enabled }}
+{{- $_ := set $limits .Values.worker.gpu.resourceName (int .Values.worker.gpu.count) }}
+{{- $_ := set $requests .Values.worker.gpu.resourceName (int .Values.worker.gpu.count) }}
+{{- end }}
+{{- $storage := .Values.models.storage }}
+{{- if and (eq $storage.type "emptyDir") $storage.emptyDirSizeLimit }}
+{{- if not (hasKey $requests "ephemeral-storage") }}
+{{- $_ := set $requests "ephemeral-storage" $storage.emptyDirSizeLimit }}
+{{- end }}
+{{- if not (hasKey $limits "ephemeral-storage") }}
+{{- $bytes := add (include "herd.quantityBytes" $storage.emptyDirSizeLimit | int64) (include "herd.quantityBytes" $storage.ephemeralStorageHeadroom | int64) }}
+{{- $_ := set $limits "ephemeral-storage" (printf "%dMi" (div $bytes 1048576)) }}
+{{- end }}
+{{- end }}
+{{- if $requests }}{{ $_ := set $resources "requests" $requests }}{{ end }}
+{{- if $limits }}{{ $_ := set $resources "limits" $limits }}{{ end }}
+{{- toYaml $resources }}
+{{- end }}
+
+{{/*
+Return the worker pods' tolerations: worker.tolerations, plus worker.gpu.tolerations when the
+workers request GPUs (each once).
+*/}}
+{{- define "herd.worker.tolerations" -}}
+{{- $tolerations := default list .Values.worker.tolerations }}
+{{- if .Values.worker.gpu.enabled }}
+{{- range .Values.worker.gpu.tolerations }}
+{{- if not (has . $tolerations) }}
+{{- $tolerations = append $tolerations . }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- with $tolerations }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return the NetworkPolicyPeer of Prometheus (networkPolicy.monitoringNamespace and, when set,
+networkPolicy.monitoringPodSelector), as a one-item list; empty when no namespace is set.
+*/}}
+{{- define "herd.networkPolicy.monitoringPeers" -}}
+{{- with .Values.networkPolicy.monitoringNamespace }}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ . }}
+  {{- with $.Values.networkPolicy.monitoringPodSelector }}
+  podSelector:
+    matchLabels:
+      {{- toYaml . | nindent 6 }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return the egress rules every Herd process needs: Redis (the bundled one's pods, or the external
+URL's port at any address) and DNS.
+*/}}
+{{- define "herd.networkPolicy.baseEgress" -}}
+{{- if .Values.redis.enabled }}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "herd.selectorLabels" (dict "ctx" . "component" "redis") | nindent 10 }}
+  ports:
+    - port: redis
+      protocol: TCP
+{{- else }}
+{{- $url := urlParse .Values.externalRedis.url }}
+{{- $port := regexFind ":[0-9]+$" $url.host | trimPrefix ":" | default "6379" }}
+# your own Redis: its port, at any address (a NetworkPolicy cannot name a host)
+- ports:
+    - port: {{ $port }}
+      protocol: TCP
+{{- end }}
+{{- with .Values.networkPolicy.dnsPeers }}
+- to:
+    {{- toYaml . | nindent 4 }}
+  ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end }}
+{{- end }}
+
+{{/*
+Return "true" when an Ingress annotation names an authentication of the ingress controller
+(`<prefix>/auth-<anything>`: ingress-nginx's auth-url, auth-type, ALB's and HAProxy's auth-type).
+*/}}
+{{- define "herd.api.ingressAuth" -}}
+{{- range $key, $_ := .Values.api.ingress.annotations }}
+{{- if regexMatch "/auth-" $key }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return the label selector (PromQL) of one component's series: the release's namespace and the
+job the chart's ServiceMonitor / PodMonitor give their targets.
+Usage: include "herd.monitoring.selector" (dict "ctx" $ "component" "api")
+*/}}
+{{- define "herd.monitoring.selector" -}}
+namespace="{{ .ctx.Release.Namespace }}", job="{{ include "herd.componentName" . }}"
 {{- end }}

@@ -1,0 +1,94 @@
+"""Draining a worker on SIGTERM without cutting a stream (a rollout, a scale-in, a node
+drain): its unfinished generations go back to their model's stream for another worker.
+
+The rule, from SIGTERM, with ``grace`` = ``HERD_SHUTDOWN_GRACE_S``:
+
+- A job that has sent its client no token yet (still queued here, loading its model, or
+  in prefill) goes back at once; another worker starts it afresh, which the API takes as
+  a new attempt before the first token.
+- A continuable stream (``GenerateJob.continuable``) goes back at once too, as a
+  continuation (its answer's token ids are in ``keys.progress``), unless its own pace says
+  it ends within half the grace: ``num_predict`` bounds it, and its tokens/s so far
+  covers the tokens left.
+- At half the grace every continuable stream still running goes back (the pace misjudged).
+- What remains, streams whose parsers keep state a token list does not restore (tools,
+  format, thinking, logprobs), has until the grace ends, then fails with one error line.
+
+Handing back early leaves at least half the grace for the continuation to start elsewhere
+(a model load included) while this worker's advert still stands: the API waits for the
+next attempt instead of calling the worker lost. The advert says ``ready: false`` from
+SIGTERM, so placement loads the model elsewhere and the API routes nothing here.
+
+A stream goes back between two of its outputs, never in the middle of a publish: its last
+chunk and progress record are in Redis before the job is re-queued, so the continuation
+reads exactly what the client received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+#: A job re-queued by a drain carries this in its stream entry: how many attempts ran.
+ATTEMPTS_FIELD = b"attempts"
+#: ... and why it came back (the continuation metric's ``cause``).
+CAUSE_FIELD = b"cause"
+#: A stream asked to go back stops at its next output: at the grace's end it gets this
+#: long more rather than a cancel in the middle of a publish.
+SETTLE_S = 2.0
+
+
+@dataclass
+class Handoff:
+    """One running job as the drain sees it, and the drain's request to give it back."""
+
+    continuable: bool
+    #: The most tokens the answer may have (None: no bound, as Ollama's -1 and -2).
+    num_predict: int | None
+    #: The job's task: cancelled when it goes back before starting.
+    task: asyncio.Task[None] | None = None
+    started: bool = False
+    chunks: int = 0
+    tokens: int = 0
+    first_token_at: float = 0.0
+    last_token_at: float = 0.0
+    requested: bool = False
+    #: True once the job stopped to go back (the worker then re-queues it).
+    handed_off: bool = False
+
+    def generated(self, count: int) -> None:
+        """``count`` tokens came out of the engine."""
+        now = time.monotonic()
+        self.tokens += count
+        self.first_token_at = self.first_token_at or now
+        self.last_token_at = now
+
+    def can_go(self) -> bool:
+        """Whether another worker can take this job on without the client noticing."""
+        return self.chunks == 0 or self.continuable
+
+    def ends_within(self, seconds: float) -> bool:
+        """Whether, by its own pace so far, the answer ends within ``seconds``."""
+        if self.num_predict is None or self.tokens < 2:
+            return False
+        pace_s = (self.last_token_at - self.first_token_at) / (self.tokens - 1)
+        return max(0, self.num_predict - self.tokens) * pace_s <= seconds
+
+    def request(self) -> None:
+        """Ask the job to go back: now, if it has not started; else after its next output."""
+        self.requested = True
+        if not self.started and self.task is not None:
+            self.task.cancel()
+
+
+def bound(num_predict: int | None) -> int | None:
+    """An answer's token bound, from Ollama's ``num_predict`` (-1, -2, 0: none)."""
+    return num_predict if num_predict is not None and num_predict > 0 else None
+
+
+def goes_now(handoff: Handoff, grace_s: float) -> bool:
+    """At SIGTERM: whether a job goes back at once (the rule above)."""
+    if handoff.chunks == 0:
+        return True
+    return handoff.continuable and not handoff.ends_within(grace_s / 2)
