@@ -27,7 +27,8 @@ log = structlog.get_logger()
 
 
 def _serve(settings: Settings) -> int:
-    """Embedded Redis (unless HERD_REDIS_URL is set), one worker and one API, as children.
+    """Embedded Redis (unless HERD_REDIS_URL or HERD_REDIS_SENTINELS is set), one worker and
+    one API, as children.
 
     The API starts once the worker is ready (its /readyz: models loaded, advert in Redis),
     so the API's port opens when a request can be served rather than seconds before.
@@ -42,7 +43,7 @@ def _serve(settings: Settings) -> int:
         probes = HostAddress("http", "127.0.0.1", free_port())
         env["HERD_WORKER_HEALTH_ADDR"] = f"{probes.host}:{probes.port}"
     redis: EmbeddedRedis | None = None
-    if settings.redis_url is None:
+    if settings.redis_url is None and not settings.redis_sentinels:
         redis = EmbeddedRedis()
         redis.start()
         env["HERD_REDIS_URL"] = redis.url
@@ -190,8 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command not in ("serve", "api", "worker"):
         return _client_verb(args, settings)
     configure_logging(settings.log_format, settings.log_level)
-    if args.command != "serve" and settings.redis_url is None:
-        parser.error("HERD_REDIS_URL must be set for `herd api` and `herd worker`")
+    if args.command != "serve" and settings.redis_url is None and not settings.redis_sentinels:
+        parser.error(
+            "HERD_REDIS_URL or HERD_REDIS_SENTINELS must be set for `herd api` and `herd worker`"
+        )
     try:
         if args.command == "serve":
             return _serve(settings)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
@@ -19,19 +22,65 @@ CONNECT_TIMEOUT_S = 2.0
 RETRIES = 2
 
 
+class _SentinelMaster(Redis):
+    """The master's client; closing it closes its Sentinel clients too (they are the
+    pool's, and nothing else would close them)."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if close_connection_pool or (
+            close_connection_pool is None and self.auto_close_connection_pool
+        ):
+            pool = cast(SentinelConnectionPool, self.connection_pool)
+            for sentinel in cast(Sentinel, pool.sentinel_manager).sentinels:
+                await sentinel.aclose()
+
+
+def sentinel_addresses(settings: Settings) -> list[tuple[str, int]]:
+    """HERD_REDIS_SENTINELS as (host, port) pairs (``[::1]:26379``: brackets dropped)."""
+    pairs = []
+    for address in settings.redis_sentinels:
+        host, _, port = address.rpartition(":")
+        pairs.append((host.removeprefix("[").removesuffix("]"), int(port)))
+    return pairs
+
+
 def connect(settings: Settings, *, pubsub: bool = False) -> Redis:
-    """A client for ``HERD_REDIS_URL``. A pub/sub client waits for messages indefinitely."""
+    """A client for the master the Sentinels name (``HERD_REDIS_SENTINELS``), else for
+    ``HERD_REDIS_URL``. A pub/sub client waits for messages indefinitely."""
+    options: dict[str, Any] = {
+        "socket_timeout": None if pubsub else SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_keepalive": True,
+        # a Sentinel-managed connection retries the same way: each retry reconnects, and a
+        # reconnect asks the Sentinels where the master is now (it follows a failover)
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.01), RETRIES),
+        "retry_on_error": [ConnectionError, TimeoutError, OSError],
+        "health_check_interval": 15 if pubsub else 0,
+    }
+    if settings.redis_sentinels:
+        secret = settings.redis_sentinel_password
+        sentinels = Sentinel(  # type: ignore[no-untyped-call]
+            sentinel_addresses(settings),
+            # a Sentinel that does not answer soon is skipped for the next one
+            sentinel_kwargs={
+                "socket_timeout": CONNECT_TIMEOUT_S,
+                "socket_connect_timeout": CONNECT_TIMEOUT_S,
+                "password": None if secret is None else secret.get_secret_value(),
+            },
+        )
+        return cast(
+            Redis,
+            sentinels.master_for(
+                settings.redis_sentinel_master,
+                redis_class=_SentinelMaster,
+                password=settings.redis_password,
+                **options,
+            ),
+        )
     if settings.redis_url is None:
-        raise RuntimeError("HERD_REDIS_URL is not set")
-    client: Redis = Redis.from_url(
-        settings.redis_url,
-        socket_timeout=None if pubsub else SOCKET_TIMEOUT_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        socket_keepalive=True,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.01), RETRIES),
-        retry_on_error=[ConnectionError, TimeoutError, OSError],
-        health_check_interval=15 if pubsub else 0,
-    )
+        raise RuntimeError("neither HERD_REDIS_URL nor HERD_REDIS_SENTINELS is set")
+    client: Redis = Redis.from_url(settings.redis_url, **options)
     if settings.redis_password is not None:
         # the setting wins over a password in the URL (it comes from a Secret)
         client.connection_pool.connection_kwargs["password"] = settings.redis_password

@@ -28,6 +28,19 @@ class Settings(BaseSettings):
     redis_password: str | None = Field(
         None, description="Password for Redis; overrides one in the URL (keep it out of the URL)."
     )
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Redis Sentinels, comma-separated host:port. Set, clients reach the master the "
+            "Sentinels name (HERD_REDIS_URL is not used) and follow it across a failover."
+        ),
+    )
+    redis_sentinel_master: str = Field(
+        "mymaster", min_length=1, description="The master's name the Sentinels monitor."
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        None, description="Password for the Sentinels themselves (HERD_REDIS_PASSWORD: the data)."
+    )
     host: Annotated[HostAddress, NoDecode] = Field(
         default_factory=lambda: parse_host(""),
         description="API bind address, OLLAMA_HOST's format ([scheme://]host[:port]).",
@@ -126,11 +139,20 @@ class Settings(BaseSettings):
         0, ge=0, description="Requests one key may make per minute, per API process (0: no limit)."
     )
 
-    @field_validator("origins", mode="before")
+    @field_validator("origins", "redis_sentinels", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: list[str]) -> list[str]:
+        for address in value:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"a Sentinel is host:port, not {address!r}")
         return value
 
     @field_validator("keep_alive")
