@@ -53,6 +53,24 @@ CATALOG_ALIASES = f"{PREFIX}:catalog:aliases"
 CATALOG_DELETED = f"{PREFIX}:catalog:deleted"
 
 
+#: Counter: bumped after every change to a model store (pull, create, copy, delete); a
+#: worker whose last look saw another value rescans its store.
+STORE_VERSION = f"{PREFIX}:store:version"
+#: arq's queue of model pulls (any worker that can write a store takes them).
+PULL_QUEUE = f"{PREFIX}:arq:pulls"
+
+
+def pull_job_id(model: str) -> str:
+    """The arq job id of a model's pull: one pull per model at a time."""
+    return f"pull:{model}"
+
+
+def pull_progress(model: str) -> str:
+    """A pull's progress: pub/sub channel of progress lines, and (same name) the stream of
+    them kept while it runs, so a client that reconnects sees it finish."""
+    return f"{PREFIX}:pull:{model}"
+
+
 def control_stream(worker_id: str) -> str:
     """A worker's own stream of control messages (unload a model)."""
     return f"{PREFIX}:ctl:{worker_id}"

@@ -46,7 +46,17 @@ class Settings(BaseSettings):
         description="API bind address, OLLAMA_HOST's format ([scheme://]host[:port]).",
     )
     engine: Literal["llama", "fake"] = Field("llama", description="Inference engine.")
-    models_dir: Path | None = Field(None, description="Every *.gguf here is served too.")
+    models_dir: Path | None = Field(
+        None,
+        description="The model store, in Ollama's layout (manifests/, blobs/): every model in "
+        "it is served, and so is every loose *.gguf beside them. Pulls and creates write here.",
+    )
+    max_blob_bytes: int = Field(
+        256 * 2**30, gt=0, description="Largest blob the store takes (an upload, a pull's layer)."
+    )
+    pull_parallel: int = Field(
+        4, ge=1, le=32, description="Ranged downloads at once, per blob of a pull."
+    )
     serve_default_model: bool = Field(True, description="Serve gemma3:270m from its package.")
     worker_id: str = Field(
         default_factory=socket.gethostname, description="Unique id of a worker in the cluster."
