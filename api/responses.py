@@ -355,6 +355,8 @@ async def _objects(
 ) -> AsyncGenerator[dict[str, Any]]:
     started = time.perf_counter_ns()
     load_ns, n_chunks, outcome, worker = 0, 0, "cancelled", ""
+    first_ns = 0  # when the first chunk came: the request's time to first token
+    done: DoneEvent | None = None
     answer = _Answer()
     try:
         async with dispatcher.submit(job) as events:
@@ -362,13 +364,14 @@ async def _objects(
                 if isinstance(event, StartedEvent):
                     load_ns, worker = load_time(started, event), event.worker_id
                 elif isinstance(event, DoneEvent):
-                    outcome = event.done_reason
+                    outcome, done = event.done_reason, event
                     total_ns = time.perf_counter_ns() - started
                     if not aggregate:
                         answer = _Answer()
                     yield final(call, answer, event, total_ns=total_ns, load_ns=load_ns)
                 elif _carries_something(event):
                     n_chunks += 1
+                    first_ns = first_ns or time.perf_counter_ns()
                     if aggregate:
                         answer.add(event)
                     else:
@@ -393,6 +396,10 @@ async def _objects(
             outcome=outcome,
             chunks=n_chunks,
             load_ms=load_ns // 1_000_000,
+            ttft_ms=(first_ns - started) // 1_000_000 if first_ns else None,
+            prompt_tokens=done.n_prompt_tokens if done else None,
+            eval_tokens=done.n_decoded if done else None,
+            eval_ms=done.eval_ns // 1_000_000 if done else None,
             total_ms=(time.perf_counter_ns() - started) // 1_000_000,
         )
 
