@@ -142,22 +142,25 @@ async def test_a_cancelled_sequence_frees_its_slot_at_once(engine: LlamaEngine) 
     await asyncio.sleep(0)
     await streams[0].aclose()  # type: ignore[attr-defined]
     rest = [asyncio.create_task(_drain(s)) for s in streams[1:]]
-    # the waiting request takes the freed slot and finishes long before the long ones
+    # the waiting request takes the freed slot and finishes long before the long ones;
+    # one of those may end on its own end token (greedy noise on random weights can differ
+    # with the batch it runs in), but none can have reached its 300 tokens
     _, finish = await waiting
     assert finish.n_decoded == 3
-    assert not any(task.done() for task in rest)
-    decoded = await asyncio.gather(*rest)
-    assert min(decoded) > finish.n_decoded  # (greedy noise: each ends where it ends)
+    ended = [task.result() for task in rest if task.done()]
+    assert all(f.done_reason == "stop" for f in ended) and len(ended) < len(rest)
+    finishes = await asyncio.gather(*rest)
+    assert all(f.n_decoded == 300 for f in finishes if f.done_reason == "length")
     # its KV cells are empty again; the finished ones keep theirs as a prefix cache
     runtime = scheduler(engine).runtime
     for slot in scheduler(engine)._slots:
         assert runtime.last_position(slot.seq_id) == len(slot.cached) - 1
 
 
-async def _drain(stream: AsyncIterator[Any]) -> int:
+async def _drain(stream: AsyncIterator[Any]) -> Finish:
     async for output in stream:
         if isinstance(output, Finish):
-            return output.n_decoded
+            return output
     raise AssertionError("no Finish")
 
 
