@@ -239,6 +239,7 @@ def test_alerts_use_exported_series_and_labels() -> None:
     assert set(alerts) == {
         "HerdNoWorkerForQueuedModel",
         "HerdQueueWaitHigh",
+        "HerdContinuationGapHigh",
         "HerdErrorRatioHigh",
         "HerdWorkerFlapping",
     }
@@ -256,6 +257,7 @@ def test_alert_thresholds_come_from_the_values() -> None:
             "prometheusRule": {
                 "enabled": True,
                 "queueWaitP99Seconds": 12.5,
+                "continuationGapP99Seconds": 4,
                 "errorRatio": 0.2,
                 "workerRestarts": 7,
                 "noWorkerFor": "3m",
@@ -265,6 +267,7 @@ def test_alert_thresholds_come_from_the_values() -> None:
     }
     alerts = _alerts(render(values).get("PrometheusRule", "herd"))
     assert alerts["HerdQueueWaitHigh"]["expr"].endswith("> 12.5")
+    assert alerts["HerdContinuationGapHigh"]["expr"].endswith("> 4")
     assert alerts["HerdErrorRatioHigh"]["expr"].endswith("> 0.2")
     assert alerts["HerdWorkerFlapping"]["expr"].endswith(">= 7")
     assert alerts["HerdNoWorkerForQueuedModel"]["for"] == "3m"

@@ -139,7 +139,8 @@ def _egress(rendered: Rendered, component: str) -> list[Obj]:
 @pytest.mark.parametrize("component", ["api", "worker"])
 def test_herd_pods_reach_the_bundled_redis_and_dns_only(component: str) -> None:
     rendered = render(POLICIES_ON)
-    redis_rule, dns_rule = _egress(rendered, component)
+    redis_rule, dns_rule, *registries = _egress(rendered, component)
+    assert len(registries) == (component == "worker"), "workers also reach model registries"
     redis = rendered.component("StatefulSet", "redis")
     [peer] = redis_rule["to"]
     assert selects(peer["podSelector"]["matchLabels"], pod_labels(redis))
@@ -166,14 +167,52 @@ def test_an_external_redis_is_reached_on_its_urls_port() -> None:
     assert redis_rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
 
 
-def test_worker_extra_egress_opens_the_registries() -> None:
+def test_worker_extra_egress_comes_after_the_registries() -> None:
     rendered = render_profile("production-like")
     values = merged_values("production-like")
     rules = _egress(rendered, "worker")
     extra = values["worker"]["networkPolicy"]["extraEgress"]
     assert extra and rules[-len(extra) :] == extra
-    assert len(rules) == 2 + len(extra)
+    assert len(rules) == 3 + len(extra), "Redis, DNS, registries, then the extra rules"
     assert len(_egress(rendered, "api")) == 2, "the API reaches Redis and DNS only"
+
+
+PRIVATE_RANGES = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"}
+
+
+def test_workers_pull_from_public_registries_over_https_only() -> None:
+    rules = _egress(render(POLICIES_ON), "worker")
+    [registries] = [rule for rule in rules if any("ipBlock" in peer for peer in rule.get("to", []))]
+    assert registries["ports"] == [{"port": 443, "protocol": "TCP"}]
+    blocks = {peer["ipBlock"]["cidr"]: set(peer["ipBlock"]["except"]) for peer in registries["to"]}
+    assert set(blocks) == {"0.0.0.0/0", "::/0"}
+    assert blocks["0.0.0.0/0"] >= PRIVATE_RANGES, "never the cluster's own addresses"
+    assert blocks["::/0"] >= {"fc00::/7", "fe80::/10"}
+    closed = {
+        **POLICIES_ON,
+        "worker": {"networkPolicy": {"enabled": True, "allowRegistryEgress": False}},
+    }
+    assert len(_egress(render(closed), "worker")) == 2, "Redis and DNS only"
+
+
+def test_sentinels_and_every_redis_node_are_reached() -> None:
+    rendered = render_profile("sentinel")
+    sentinel = merged_values("sentinel")["externalRedis"]["sentinel"]
+    sentinel_ports = {int(a.rpartition(":")[2]) for a in sentinel["addresses"]}
+    for component in ("api", "worker"):
+        redis_rule = _egress(rendered, component)[0]
+        assert "to" not in redis_rule, "any address: the master moves between nodes"
+        ports = [(p["port"], p["protocol"]) for p in redis_rule["ports"]]
+        assert ports == [(port, "TCP") for port in [*sorted(sentinel_ports), sentinel["dataPort"]]]
+    # ports appear once, and the data port is the value's
+    values = {
+        **profile_values("sentinel"),
+        "externalRedis": {
+            "sentinel": {"addresses": ["a:26379", "b:26380", "c:26379"], "dataPort": 6380}
+        },
+    }
+    redis_rule = _egress(render(values), "api")[0]
+    assert [p["port"] for p in redis_rule["ports"]] == [26379, 26380, 6380]
 
 
 def test_redis_admits_herd_and_keda_only() -> None:

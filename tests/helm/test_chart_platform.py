@@ -91,7 +91,7 @@ def test_redis_maxmemory_is_a_share_of_its_memory_limit(limit: Any, expected: in
     assert "maxmemory-policy noeviction" in lines and "appendonly yes" in lines
 
 
-@pytest.mark.parametrize("profile", [p for p in PROFILES if p != "external-redis"])
+@pytest.mark.parametrize("profile", [p for p in PROFILES if merged_values(p)["redis"]["enabled"]])
 def test_every_profiles_redis_stays_under_its_limit(profile: str) -> None:
     rendered = render_profile(profile)
     redis = rendered.component("StatefulSet", "redis")

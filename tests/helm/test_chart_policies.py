@@ -172,6 +172,56 @@ def test_keda_follows_an_external_tls_redis() -> None:
     assert auth["spec"]["secretTargetRef"][0]["name"] == values["externalRedis"]["existingSecret"]
 
 
+def test_keda_asks_the_sentinels_for_the_master() -> None:
+    rendered = render_profile("sentinel")
+    sentinel = merged_values("sentinel")["externalRedis"]["sentinel"]
+    [trigger] = rendered.get("ScaledObject", "herd-worker")["spec"]["triggers"]
+    assert trigger["type"] == "redis-sentinel-streams"
+    metadata = trigger["metadata"]
+    assert metadata["addresses"] == ",".join(sentinel["addresses"])
+    assert metadata["sentinelMaster"] == sentinel["masterName"]
+    assert metadata["databaseIndex"] == "0" and metadata["enableTLS"] == "false"
+    assert metadata["consumerGroup"] == JOB_GROUP and "address" not in metadata
+    auth = rendered.get("TriggerAuthentication", trigger["authenticationRef"]["name"])
+    api = container(rendered.component("Deployment", "api"))
+    refs = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
+    for parameter, variable in [
+        ("password", "HERD_REDIS_PASSWORD"),
+        ("sentinelPassword", "HERD_REDIS_SENTINEL_PASSWORD"),
+    ]:
+        ref = env_entries(api)[variable]["valueFrom"]["secretKeyRef"]
+        assert {"name": refs[parameter]["name"], "key": refs[parameter]["key"]} == ref
+    # no Sentinel password: KEDA gets the data password only
+    values = profile_values("sentinel")
+    values["externalRedis"]["sentinel"]["existingSecret"] = ""
+    auth = render(values).get("TriggerAuthentication", "herd-worker")
+    assert [ref["parameter"] for ref in auth["spec"]["secretTargetRef"]] == ["password"]
+
+
+def test_sentinels_replace_the_url() -> None:
+    rendered = render_profile("sentinel")
+    sentinel = merged_values("sentinel")["externalRedis"]["sentinel"]
+    assert not rendered.of_kind("StatefulSet")
+    for component in ("api", "worker"):
+        env = env_entries(container(rendered.component("Deployment", component)))
+        assert "HERD_REDIS_URL" not in env, "Herd would not use it"
+        assert env["HERD_REDIS_SENTINELS"]["value"] == ",".join(sentinel["addresses"])
+        assert env["HERD_REDIS_SENTINEL_MASTER"]["value"] == sentinel["masterName"]
+        assert env["HERD_REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": sentinel["existingSecret"],
+            "key": sentinel["existingSecretPasswordKey"],
+        }
+    # the Sentinels' password is optional; the bundled Redis ignores externalRedis.sentinel
+    values = profile_values("sentinel")
+    values["externalRedis"]["sentinel"]["existingSecret"] = ""
+    assert "HERD_REDIS_SENTINEL_PASSWORD" not in env_entries(
+        container(render(values).component("Deployment", "worker"))
+    )
+    bundled = render({"externalRedis": {"sentinel": {"addresses": ["s:26379"]}}})
+    env = env_entries(container(bundled.component("Deployment", "api")))
+    assert "HERD_REDIS_URL" in env and "HERD_REDIS_SENTINELS" not in env
+
+
 def test_external_redis_replaces_the_bundled_one() -> None:
     rendered = render_profile("external-redis")
     values = merged_values("external-redis")
@@ -186,7 +236,7 @@ def test_external_redis_replaces_the_bundled_one() -> None:
     }
 
 
-@pytest.mark.parametrize("profile", [p for p in PROFILES if p != "external-redis"])
+@pytest.mark.parametrize("profile", [p for p in PROFILES if merged_values(p)["redis"]["enabled"]])
 def test_bundled_redis_is_durable_and_fenced(profile: str) -> None:
     rendered = render_profile(profile)
     redis = rendered.component("StatefulSet", "redis")
@@ -237,6 +287,40 @@ def test_models_are_mounted_where_herd_looks(profile: str, kind: str) -> None:
     else:
         assert claim_name == merged_values(profile)["models"]["storage"]["existingClaim"]
         assert not rendered.of_kind("PersistentVolumeClaim")
+
+
+@pytest.mark.parametrize(
+    ("profile", "shared"),
+    [("default", False), ("cpu-only", False), ("gpu", True), ("production-like", True)],
+)
+def test_the_api_shares_the_workers_model_store(profile: str, shared: bool) -> None:
+    rendered = render_profile(profile)
+    models_dir = merged_values(profile)["models"]["dir"]
+    stores = {}
+    for component in ("api", "worker"):
+        workload = rendered.component("Deployment", component)
+        ctr = container(workload)
+        mounts = [m for m in ctr["volumeMounts"] if m["mountPath"] == models_dir]
+        if component == "api" and not shared:
+            # a per-worker emptyDir: the API has no store (its store routes answer an error)
+            assert mounts == [] and "HERD_MODELS_DIR" not in env_entries(ctr)
+            assert all(v["name"] != "models" for v in pod_spec(workload)["volumes"])
+            continue
+        [mount] = mounts
+        assert not mount.get("readOnly"), "uploads, creates and pulls write into the store"
+        assert env_entries(ctr)["HERD_MODELS_DIR"]["value"] == models_dir
+        [volume] = [v for v in pod_spec(workload)["volumes"] if v["name"] == mount["name"]]
+        stores[component] = volume
+    if shared:
+        assert stores["api"] == stores["worker"]
+        assert "persistentVolumeClaim" in stores["api"]
+
+
+def test_the_api_network_policy_ignores_the_model_store() -> None:
+    values = {"api": {"networkPolicy": {"enabled": True}}}
+    shared = {**values, "models": {"storage": {"type": "pvc"}}}
+    [own, with_store] = [render(v).component("NetworkPolicy", "api") for v in (values, shared)]
+    assert own["spec"] == with_store["spec"]
 
 
 @pytest.mark.parametrize("profile", PROFILES)

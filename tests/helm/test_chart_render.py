@@ -20,7 +20,15 @@ from .chart import (
     render_profile,
 )
 
-EXPECTED_PROFILES = {"default", "gpu", "cpu-only", "external-redis", "keda", "production-like"}
+EXPECTED_PROFILES = {
+    "default",
+    "gpu",
+    "cpu-only",
+    "external-redis",
+    "sentinel",
+    "keda",
+    "production-like",
+}
 LINT_WARNING = 2
 
 
@@ -71,6 +79,11 @@ def test_ci_files_are_only_value_files() -> None:
         {"externalRedis": {"url": "rediss://:s3cret@redis:6380/0"}},
         {"config": {"logLevel": "verbose"}},
         {"api": {"service": {"type": "ExternalName"}}},
+        {"externalRedis": {"sentinel": {"addresses": ["sentinel-0"]}}},
+        {"externalRedis": {"sentinel": {"addresses": ["a:26379,b:26379"]}}},
+        {"externalRedis": {"sentinel": {"addresses": ["a:26379", "a:26379"]}}},
+        {"externalRedis": {"sentinel": {"masterName": ""}}},
+        {"externalRedis": {"sentinel": {"dataPort": 0}}},
     ],
     ids=[
         "typo",
@@ -80,6 +93,11 @@ def test_ci_files_are_only_value_files() -> None:
         "password-in-url",
         "log-level",
         "service-type",
+        "sentinel-no-port",
+        "sentinels-in-one-item",
+        "sentinel-twice",
+        "sentinel-master-empty",
+        "sentinel-data-port",
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any]) -> None:
@@ -92,7 +110,17 @@ def test_schema_rejects_bad_values(values: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"redis": {"enabled": False}}, "set externalRedis.url"),
+        ({"redis": {"enabled": False}}, "or externalRedis.sentinel.addresses"),
+        (
+            {
+                "redis": {"enabled": False},
+                "externalRedis": {
+                    "url": "redis://redis:6379/0",
+                    "sentinel": {"addresses": ["sentinel:26379"]},
+                },
+            },
+            "externalRedis.sentinel.addresses, not both",
+        ),
         ({"models": {"storage": {"type": "existingClaim"}}}, "set models.storage.existingClaim"),
         ({"worker": {"keda": {"enabled": True, "models": []}}}, "at least one model"),
         (
@@ -109,6 +137,7 @@ def test_schema_rejects_bad_values(values: dict[str, Any]) -> None:
     ],
     ids=[
         "no-redis",
+        "url-and-sentinels",
         "no-claim",
         "keda-no-models",
         "keda-min-max",

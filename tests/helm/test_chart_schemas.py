@@ -118,16 +118,21 @@ def test_crd_objects_have_their_required_fields(label: str, doc: Obj) -> None:
         target = _require(doc, "spec", "scaleTargetRef")
         assert target["kind"] == "Deployment" and target["name"]
         for trigger in _require(doc, "spec", "triggers"):
-            assert trigger["type"] == "redis-streams"
             metadata = trigger["metadata"]
             # KEDA reads trigger metadata as strings only.
             assert all(isinstance(value, str) for value in metadata.values()), metadata
-            assert metadata["address"] and metadata["stream"]
+            if trigger["type"] == "redis-sentinel-streams":
+                assert metadata["addresses"] and metadata["sentinelMaster"]
+            else:
+                assert trigger["type"] == "redis-streams"
+                assert metadata["address"]
+            assert metadata["stream"]
             assert sum(key in metadata for key in ("lagCount", "pendingEntriesCount")) == 1
         assert int(doc["spec"]["minReplicaCount"]) <= int(doc["spec"]["maxReplicaCount"])
     elif doc["kind"] == "TriggerAuthentication":
         for ref in _require(doc, "spec", "secretTargetRef"):
-            assert ref["parameter"] == "password" and ref["name"] and ref["key"]
+            assert ref["parameter"] in {"password", "sentinelPassword"}
+            assert ref["name"] and ref["key"]
     elif doc["kind"] == "PrometheusRule":
         for group in _require(doc, "spec", "groups"):
             assert group["name"]

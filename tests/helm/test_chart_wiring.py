@@ -172,7 +172,15 @@ def test_settings_accept_the_rendered_values(profile: str, monkeypatch: pytest.M
             settings = Settings()
         values = merged_values(profile)
         assert settings.log_format == values["config"]["logFormat"]
-        assert settings.redis_url and settings.redis_url.startswith(("redis://", "rediss://"))
+        if values["redis"]["enabled"] or not values["externalRedis"]["sentinel"]["addresses"]:
+            assert settings.redis_url
+            assert settings.redis_url.startswith(("redis://", "rediss://"))
+        else:
+            # Sentinels name the master: no URL
+            sentinel = values["externalRedis"]["sentinel"]
+            assert settings.redis_url is None
+            assert settings.redis_sentinels == sentinel["addresses"]
+            assert settings.redis_sentinel_master == sentinel["masterName"]
         if component == "worker":
             assert str(settings.models_dir) == values["models"]["dir"]
             assert settings.num_parallel == values["worker"]["numParallel"]
@@ -207,6 +215,7 @@ def test_secrets_are_referenced_never_inlined(profile: str) -> None:
     existing = {
         values["redis"]["auth"]["existingSecret"],
         values["externalRedis"]["existingSecret"],
+        values["externalRedis"]["sentinel"]["existingSecret"],
     }
     for workload in _workloads(rendered):
         for ctr in pod_spec(workload)["containers"]:
@@ -242,8 +251,12 @@ def _on_a_secret_volume(spec: Obj, ctr: Obj, path: str) -> bool:
 def test_api_and_workers_share_one_redis_and_its_password(profile: str) -> None:
     rendered = render_profile(profile)
     api, worker = (ctr for _, ctr in _herd_containers(rendered))
-    for name in ("HERD_REDIS_URL", "HERD_REDIS_PASSWORD"):
+    names = ("URL", "PASSWORD", "SENTINELS", "SENTINEL_MASTER", "SENTINEL_PASSWORD")
+    for name in (f"HERD_REDIS_{name}" for name in names):
         assert env_entries(api).get(name) == env_entries(worker).get(name)
+    if "HERD_REDIS_SENTINELS" in env_entries(api):
+        assert "HERD_REDIS_URL" not in env_entries(api)
+        return
     url = env_entries(api)["HERD_REDIS_URL"]["value"]
     assert "@" not in url, "no credentials in the URL"
     if rendered.of_kind("StatefulSet"):

@@ -110,6 +110,27 @@ Return the Redis URL the API and the workers connect to (HERD_REDIS_URL). Never 
 {{- end }}
 
 {{/*
+Return "true" when Herd reaches your own Redis through Sentinels (redis.enabled is false and
+externalRedis.sentinel.addresses is set).
+*/}}
+{{- define "herd.redis.sentinel" -}}
+{{- if and (not .Values.redis.enabled) .Values.externalRedis.sentinel.addresses }}true{{- end }}
+{{- end }}
+
+{{/*
+Return the ports of your own Redis with Sentinels, each once: the Sentinels' (from their
+host:port addresses) and the Redis nodes' data port (externalRedis.sentinel.dataPort).
+*/}}
+{{- define "herd.redis.sentinelPorts" -}}
+{{- $ports := list }}
+{{- range .Values.externalRedis.sentinel.addresses }}
+{{- $ports = append $ports (regexFind "[0-9]+$" . | int) }}
+{{- end }}
+{{- $ports = append $ports (int .Values.externalRedis.sentinel.dataPort) }}
+{{- toJson (uniq $ports) }}
+{{- end }}
+
+{{/*
 Return the name of the Secret holding the Redis password, or "" when Redis has no password.
 */}}
 {{- define "herd.redis.secretName" -}}
@@ -136,8 +157,25 @@ Return the env entries every Herd process gets: Redis (the password only by refe
 shared settings.
 */}}
 {{- define "herd.commonEnv" -}}
+{{- if include "herd.redis.sentinel" . }}
+{{- with .Values.externalRedis.sentinel }}
+# Sentinels name the master (HERD_REDIS_URL is not used) and Herd follows it across a failover
+- name: HERD_REDIS_SENTINELS
+  value: {{ join "," .addresses | quote }}
+- name: HERD_REDIS_SENTINEL_MASTER
+  value: {{ .masterName | quote }}
+{{- if .existingSecret }}
+- name: HERD_REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .existingSecretPasswordKey }}
+{{- end }}
+{{- end }}
+{{- else }}
 - name: HERD_REDIS_URL
   value: {{ include "herd.redis.url" . | quote }}
+{{- end }}
 {{- if include "herd.redis.secretName" . }}
 - name: HERD_REDIS_PASSWORD
   valueFrom:
@@ -217,8 +255,12 @@ Compile all warnings and errors about the values into one message and fail once.
 
 {{- define "herd.validateValues.redis" -}}
 {{- /* The schema checks the URL's scheme and that it holds no credentials. */ -}}
-{{- if and (not .Values.redis.enabled) (not .Values.externalRedis.url) -}}
-redis: set externalRedis.url (redis://host:port/db or rediss://…) when redis.enabled is false
+{{- if not .Values.redis.enabled -}}
+{{- if and (not .Values.externalRedis.url) (not .Values.externalRedis.sentinel.addresses) -}}
+redis: set externalRedis.url (redis://host:port/db or rediss://…) or externalRedis.sentinel.addresses (host:port of each Sentinel) when redis.enabled is false
+{{- else if and .Values.externalRedis.url .Values.externalRedis.sentinel.addresses -}}
+externalRedis: set externalRedis.url or externalRedis.sentinel.addresses, not both (with Sentinels, Herd does not use the URL)
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -310,6 +352,33 @@ of the container's memory limit, else "" (no limit: Redis may grow until the ker
 {{- end }}
 
 {{/*
+Return "true" when the model store is one volume that every pod mounts (models.storage.type pvc or
+existingClaim); the API then mounts it too (uploads, creates, copies and deletes write there).
+*/}}
+{{- define "herd.models.shared" -}}
+{{- if has .Values.models.storage.type (list "pvc" "existingClaim") }}true{{- end }}
+{{- end }}
+
+{{/*
+Return the `models` volume: the shared claim (type pvc or existingClaim) or a per-worker emptyDir.
+*/}}
+{{- define "herd.models.volume" -}}
+- name: models
+  {{- if eq .Values.models.storage.type "pvc" }}
+  persistentVolumeClaim:
+    claimName: {{ include "herd.componentName" (dict "ctx" . "component" "models") }}
+  {{- else if eq .Values.models.storage.type "existingClaim" }}
+  persistentVolumeClaim:
+    claimName: {{ .Values.models.storage.existingClaim }}
+  {{- else }}
+  emptyDir:
+    {{- with .Values.models.storage.emptyDirSizeLimit }}
+    sizeLimit: {{ . }}
+    {{- end }}
+  {{- end }}
+{{- end }}
+
+{{/*
 Return the worker container's resources: worker.resources, plus the GPU request of worker.gpu and,
 when the models are on an emptyDir, an ephemeral-storage request (the emptyDir's size limit) and
 limit (that plus models.storage.ephemeralStorageHeadroom), unless worker.resources sets its own.
@@ -373,8 +442,8 @@ networkPolicy.monitoringPodSelector), as a one-item list; empty when no namespac
 {{- end }}
 
 {{/*
-Return the egress rules every Herd process needs: Redis (the bundled one's pods, or the external
-URL's port at any address) and DNS.
+Return the egress rules every Herd process needs: Redis (the bundled one's pods, the external
+URL's port at any address, or the Sentinels' and the data port at any address) and DNS.
 */}}
 {{- define "herd.networkPolicy.baseEgress" -}}
 {{- if .Values.redis.enabled }}
@@ -385,6 +454,14 @@ URL's port at any address) and DNS.
   ports:
     - port: redis
       protocol: TCP
+{{- else if include "herd.redis.sentinel" . }}
+# your own Redis with Sentinels: the Sentinels' ports and the data port of every Redis node, at any
+# address (a failover moves the master to another node; a NetworkPolicy cannot name a host)
+- ports:
+    {{- range include "herd.redis.sentinelPorts" . | fromJsonArray }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
 {{- else }}
 {{- $url := urlParse .Values.externalRedis.url }}
 {{- $port := regexFind ":[0-9]+$" $url.host | trimPrefix ":" | default "6379" }}
