@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from cli.ports import free_port
+from tests.metrics_text import parse, value
 
 HERD = [sys.executable, "-m", "cli"]
 
@@ -152,3 +153,54 @@ def _stopped(process: subprocess.Popen[bytes]) -> int:
         process.kill()
         process.wait()
         raise
+
+
+def test_serve_exposes_both_metrics_pages_to_prometheus_parser() -> None:
+    """A running `herd serve`: the API's /metrics and the worker's (its health port) parse
+    with Prometheus' own text parser and carry the families dashboards depend on."""
+    api, probes = free_port(), free_port()
+    env = _env(
+        HERD_HOST=f"127.0.0.1:{api}",
+        HERD_WORKER_HEALTH_ADDR=f"127.0.0.1:{probes}",
+        HERD_FAKE_MODELS='["watched:latest"]',
+    )
+    serve = subprocess.Popen([*HERD, "serve"], env=env, stdout=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{api}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert serve.poll() is None and time.monotonic() < deadline
+            try:
+                httpx.get(f"{base}/api/version", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        body = {"model": "watched", "prompt": "hi", "stream": False}
+        assert httpx.post(f"{base}/api/generate", json=body, timeout=30).status_code == 200
+        api_types, _ = parse(httpx.get(f"{base}/metrics", timeout=5).text)
+        worker_page = httpx.get(f"http://127.0.0.1:{probes}/metrics", timeout=5).text
+        worker_types, worker_samples = parse(worker_page)
+    finally:
+        serve.send_signal(signal.SIGINT)
+        assert _stopped(serve) == 0
+    for family, kind in {
+        "herd_requests": "counter",
+        "herd_request_duration_seconds": "histogram",
+        "herd_time_to_first_token_seconds": "histogram",
+        "herd_inter_token_latency_seconds": "histogram",
+        "herd_queue_wait_seconds": "histogram",
+        "herd_queue_depth": "gauge",
+        "herd_active_streams": "gauge",
+    }.items():
+        assert api_types.get(family) == kind, family
+    for family, kind in {
+        "herd_tokens_generated": "counter",
+        "herd_prompt_tokens": "counter",
+        "herd_jobs": "counter",
+        "herd_worker_slots": "gauge",
+        "herd_device_memory_bytes": "gauge",
+        "herd_model_load_seconds": "histogram",
+        "herd_models_loaded": "gauge",
+    }.items():
+        assert worker_types.get(family) == kind, family
+    assert value(worker_samples, "herd_jobs_total", model="watched:latest", outcome="stop") == 1
