@@ -246,6 +246,11 @@ def test_bundled_redis_is_durable_and_fenced(profile: str) -> None:
     assert f"port {container_port(ctr, 'redis')}" in config
     assert "requirepass" not in "\n".join(config), "the password stays in the Secret"
     assert "REDIS_PASSWORD" not in " ".join(ctr["command"]), "never on the command line"
+    # a uid outside the system range (the image's redis user is 999), /data writable via fsGroup
+    security = pod_spec(redis)["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["runAsUser"] >= 10000 and security["fsGroup"] == security["runAsGroup"]
+    assert ctr["securityContext"]["readOnlyRootFilesystem"] is True
     [claim] = redis["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "data"
     assert {"name": "data", "mountPath": "/data"} in ctr["volumeMounts"]

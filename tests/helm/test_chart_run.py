@@ -95,6 +95,7 @@ def test_bundled_redis_runs_with_the_secret_and_api_authenticates(tmp_path: Path
     redis_ctr = container(statefulset)
     server = prepare(rendered, redis_ctr, tmp_path / "redis", pod_name="herd-redis-0")
     mounts = local_mounts(redis_ctr, tmp_path / "redis")
+    password = rendered.secret_value("herd-redis", "redis-password")
     for volume in statefulset["spec"]["template"]["spec"]["volumes"]:
         if "configMap" in volume:
             data = rendered.get("ConfigMap", volume["configMap"]["name"])["data"]
@@ -102,8 +103,13 @@ def test_bundled_redis_runs_with_the_secret_and_api_authenticates(tmp_path: Path
                 (tmp_path / "redis" / volume["name"] / key).write_text(
                     translate_paths(text, mounts)
                 )
-    password = rendered.secret_value("herd-redis", "redis-password")
-    assert server.env["REDIS_PASSWORD"] == server.env["REDISCLI_AUTH"] == password
+        if "secret" in volume:
+            for item in volume["secret"]["items"]:
+                value = rendered.secret_value(volume["secret"]["secretName"], item["key"])
+                (tmp_path / "redis" / volume["name"] / item["path"]).write_text(value)
+    # The password is a file of the Secret, not an env var (checkov's CKV_K8S_35).
+    assert not any(password in value for value in server.env.values())
+    assert (mounts["/etc/redis-auth"] / "password").read_text() == password
 
     api_ctr = container(rendered.component("Deployment", "api"))
     api = prepare(rendered, api_ctr, tmp_path / "api", pod_name="herd-api-0")
@@ -128,8 +134,8 @@ def test_bundled_redis_runs_with_the_secret_and_api_authenticates(tmp_path: Path
             pytest.raises(redis.exceptions.AuthenticationError),
         ):
             anonymous.ping()
-        probe = redis_ctr["readinessProbe"]["exec"]["command"]
-        _run_probe(probe, server.env, redis_bin)
+        probe = [translate_paths(a, mounts) for a in redis_ctr["readinessProbe"]["exec"]["command"]]
+        _run_probe(probe, server.env, redis_bin, mounts["/etc/redis-auth"] / "password")
 
         start(api, tmp_path / "api")
         wait_status(api, api.probe_url("readinessProbe"))
@@ -152,10 +158,12 @@ def _wait_for_redis(client: redis.Redis) -> None:
             time.sleep(0.05)
 
 
-def _run_probe(command: list[str], env: dict[str, str], redis_bin: Path) -> None:
+def _run_probe(command: list[str], env: dict[str, str], redis_bin: Path, secret: Path) -> None:
     path = f"{redis_bin}:/usr/bin:/bin"
     result = subprocess.run(command, env={**env, "PATH": path}, timeout=10, check=False)
     assert result.returncode == 0, "the readiness probe fails against a healthy Redis"
-    wrong = {**env, "PATH": path, "REDISCLI_AUTH": "wrong"}
-    result = subprocess.run(command, env=wrong, timeout=10, check=False, capture_output=True)
+    secret.write_text("wrong")
+    result = subprocess.run(
+        command, env={**env, "PATH": path}, timeout=10, check=False, capture_output=True
+    )
     assert result.returncode != 0, "the readiness probe passes without the right password"

@@ -260,9 +260,16 @@ def test_api_and_workers_share_one_redis_and_its_password(profile: str) -> None:
     url = env_entries(api)["HERD_REDIS_URL"]["value"]
     assert "@" not in url, "no credentials in the URL"
     if rendered.of_kind("StatefulSet"):
-        redis = container(rendered.component("StatefulSet", "redis"))
+        statefulset = rendered.component("StatefulSet", "redis")
         password_ref = env_entries(api)["HERD_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
-        assert env_entries(redis)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == password_ref
+        # Redis reads the same key of the same Secret, as a file (no secret in its env)
+        [auth] = [v["secret"] for v in pod_spec(statefulset)["volumes"] if "secret" in v]
+        assert auth["secretName"] == password_ref["name"]
+        assert auth["items"] == [{"key": password_ref["key"], "path": "password"}]
+        assert _on_a_secret_volume(
+            pod_spec(statefulset), container(statefulset), "/etc/redis-auth/password"
+        )
+        assert "env" not in container(statefulset)
         service = rendered.get(
             "Service", rendered.component("StatefulSet", "redis")["metadata"]["name"]
         )
