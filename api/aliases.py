@@ -10,9 +10,12 @@ Redis, adds two things Ollama clients expect to be able to do:
   it leaves ``/api/tags`` and ``/api/show``, and requests for it get 404. Copying onto a
   hidden name brings it back.
 
-Model files are never deleted: they belong to the workers' model stores, which the API
-does not manage; a hidden model still occupies its disk and may stay loaded until it
-expires. Every route resolves names here. A pod re-reads them at most every
+This is for the models outside the model store (the default package, loose GGUFs): their
+files are never deleted, a hidden one still occupies its disk and may stay loaded until it
+expires. A model of the store is copied and deleted in the store itself
+(``api.routes.models``); a name written there is ``release``d from any alias or deletion,
+one deleted there is hidden like a served model (the catalog of models seen remembers it).
+Every route resolves names here. A pod re-reads them at most every
 ``CACHE_S`` (so a request costs no extra round trip), and at once after its own change:
 pods agree within half a second, as they do on the workers' adverts.
 """
@@ -101,6 +104,26 @@ class Aliases:
             await pipe.execute()
         self._read_at = float("-inf")  # this pod sees its own change at once
         return True
+
+    async def target(self, name: str) -> str | None:
+        """The served name an alias stands for; None if ``name`` is no alias."""
+        aliases, _ = await self._read()
+        return aliases.get(name)
+
+    async def release(self, name: str) -> None:
+        """``name`` now names a model of the store (created or copied there): no alias or
+        deletion of an older model may shadow it."""
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.hdel(keys.CATALOG_ALIASES, name)
+            pipe.srem(keys.CATALOG_DELETED, name)
+            await pipe.execute()
+        self._read_at = float("-inf")
+
+    async def hide(self, name: str) -> None:
+        """Keep ``name`` out of every listing and lookup (a model deleted from the store
+        stays in the catalog of models seen, which every pod writes back)."""
+        await self._client.sadd(keys.CATALOG_DELETED, name)  # type: ignore[misc]
+        self._read_at = float("-inf")
 
     async def delete(self, name: str) -> bool:
         """Make ``name`` name nothing; False if it named nothing already."""

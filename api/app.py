@@ -14,7 +14,7 @@ from api.metrics import ApiMetrics, RequestMetrics
 from api.metrics import router as metrics_router
 from api.registry import Registry
 from api.responses import install_error_handlers
-from api.routes import cluster, dlq, health, inference, models, openai, status
+from api.routes import blobs, cluster, create, dlq, health, inference, models, openai, pull, status
 from api.state import AppState
 from shared.redis import connect
 from shared.settings import Settings
@@ -65,7 +65,10 @@ def create_app(settings: Settings) -> FastAPI:
     http.install(app, settings)
     # outermost: every answer counts, the other middlewares' refusals too (route "other")
     app.add_middleware(RequestMetrics, metrics=metrics)
-    for module in (health, models, inference, openai, cluster, dlq):
+    for module in (health, models, inference, openai, cluster, dlq, pull):
+        app.include_router(module.router)
+    # the model store's own writes (api.modelstore): blob uploads and creates
+    for module in (blobs, create):
         app.include_router(module.router)
     # the status page: open with API keys configured (api.auth.EXEMPT), its polls are not
     app.include_router(status.router)

@@ -65,6 +65,8 @@ class Need(StrEnum):
 EXEMPT = frozenset({"/", "/api/version", "/healthz", "/readyz", "/metrics", "/status"})
 INFERENCE = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"})
 READ_ONLY = frozenset({"/api/tags", "/api/ps", "/api/show", "/api/cluster", "/v1/models"})
+#: Model management: admin (as every route not listed; named so that it stays so).
+MODEL_MANAGEMENT = frozenset({"/api/pull", "/api/create"})
 
 
 def need(path: str) -> Need:
@@ -72,6 +74,8 @@ def need(path: str) -> Need:
     path = path.rstrip("/") or "/"
     if path in EXEMPT:
         return Need.NOTHING
+    if path in MODEL_MANAGEMENT or path.startswith("/api/blobs/"):
+        return Need.ADMIN
     if path in READ_ONLY or path.startswith("/v1/models/"):
         return Need.ANY
     if path in INFERENCE or path.startswith("/v1/"):

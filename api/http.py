@@ -9,7 +9,8 @@
 - The DNS-rebinding guard: bound to a loopback address, only requests whose ``Host`` is
   local get through; the rest get 403 with no body.
 - A request body limit: 413 ``{"error": "request body too large"}`` before reading a body
-  that announces itself too large, or as soon as a streamed one passes the limit.
+  that announces itself too large, or as soon as a streamed one passes the limit; except
+  a blob upload, which the store limits (``HERD_MAX_BLOB_BYTES``).
 - API keys, when configured (``api.auth``): checked inside the host guard and CORS, before
   the body limit.
 - Request ids: an ``X-Request-ID`` the client sends is kept (if it is a sane token), else
@@ -216,16 +217,24 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+#: ``POST /api/blobs/:digest``: a model file streamed to the store, which applies its own
+#: limit (``HERD_MAX_BLOB_BYTES``) and never holds the body in memory.
+BLOB_UPLOAD = re.compile(r"/api/blobs/[^/]+")
+
+
 class BodyLimit:
     """Refuse bodies above ``max_bytes``: by ``Content-Length`` before reading, and by
-    counting while a chunked body streams in (``PayloadTooLarge`` from ``receive``)."""
+    counting while a chunked body streams in (``PayloadTooLarge`` from ``receive``). A blob
+    upload is exempt (``BLOB_UPLOAD``)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (
+            scope["method"] == "POST" and BLOB_UPLOAD.fullmatch(scope["path"])
+        ):
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")

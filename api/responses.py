@@ -186,9 +186,14 @@ def details(advert: ModelAdvert | None, *, lengths: bool = False) -> dict[str, A
         advert = ModelAdvert(name="")
     body: dict[str, Any] = {
         "parent_model": "",
-        "format": "gguf",
+        "format": advert.format,
         "family": advert.family,
-        "families": [advert.family] if advert.family else None,
+        # a store model's config names its families; a loose GGUF's are its architecture
+        "families": (
+            advert.families
+            if advert.families is not None
+            else ([advert.family] if advert.family else None)
+        ),
         "parameter_size": advert.parameter_size,
         "quantization_level": advert.quantization_level,
     }
@@ -246,6 +251,7 @@ def cluster(
             "oldest_wait_s": queue.oldest_wait_s,
             "pending": queue.pending,
             "policy": policy.model_dump() if policy is not None else None,
+            "tokens_generated": sum(w.tokens_generated.get(name, 0) for w in workers),
         }
     ordered = sorted(workers, key=lambda w: w.worker_id)
     return {"workers": [_cluster_worker(w) for w in ordered], "models": models}
@@ -266,6 +272,7 @@ def _cluster_worker(worker: WorkerAdvert) -> dict[str, Any]:
         "memory_total": worker.memory_total,
         "memory_free": worker.memory_free,
         "slots": {"total": worker.slots_total, "free": worker.slots_free},
+        "tokens_generated": sum(worker.tokens_generated.values()),
         "loading": list(worker.loading),
         "loaded": [
             {

@@ -59,8 +59,10 @@ def modelfile(
         lines.append(f"SYSTEM {_quote(system)}")
     for key, values in parameters.items():
         lines += [f"PARAMETER {key} {_quote(gofmt.value(v))}" for v in _values(values)]
-    if advert.license:
-        lines.append(f"LICENSE {_quote(advert.license)}")
+    for text in advert.licenses or ([advert.license] if advert.license else []):
+        lines.append(f"LICENSE {_quote(text)}")
+    for message in advert.messages:
+        lines.append(f"MESSAGE {message.role} {_quote(message.content)}")
     return "\n".join(lines) + "\n"
 
 
@@ -83,7 +85,7 @@ async def show(
     client: Redis, name: str, advert: ModelAdvert, body: ShowRequest, *, user_agent: str
 ) -> dict[str, Any]:
     """The ``api.ShowResponse`` of a resolved model; ``name`` is the normalised request."""
-    system = body.system or ""
+    system = body.system or advert.system  # a request's system replaces the model's
     parameters = {**advert.parameters}
     response: dict[str, Any] = {}
     if advert.license:
@@ -100,6 +102,8 @@ async def show(
     if system:
         response["system"] = system
     response["details"] = responses.details(advert)
+    if advert.messages:
+        response["messages"] = [m.model_dump(include={"role", "content"}) for m in advert.messages]
     info = await model_info(client, advert, verbose=bool(body.verbose))
     if user_agent.startswith(COPILOT_PREFIX):
         info["general.basename"] = body.model or body.name

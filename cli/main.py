@@ -1,6 +1,7 @@
 """The ``herd`` command: ``serve`` (everything on one machine), ``api``, ``worker``, the
 client verbs of the ``ollama`` CLI (``list``, ``ps``, ``show``, ``run``, ``stop``, ``cp``,
-``rm``) and Herd's own (``cluster``, ``scale``, ``top``) against the API at ``HERD_HOST``."""
+``rm``, ``create``, ``pull``) and Herd's own (``cluster``, ``scale``, ``top``) against the API at
+``HERD_HOST``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import structlog
@@ -24,6 +26,9 @@ from shared.logging import configure_logging
 from shared.settings import Settings
 
 log = structlog.get_logger()
+
+#: `herd serve`'s model store when HERD_MODELS_DIR is not set (Ollama's layout).
+DEFAULT_STORE = Path("~/.herd/models")
 
 
 def _serve(settings: Settings) -> int:
@@ -42,6 +47,12 @@ def _serve(settings: Settings) -> int:
         # nothing probes this worker: a fixed port would stop a second `herd serve` here
         probes = HostAddress("http", "127.0.0.1", free_port())
         env["HERD_WORKER_HEALTH_ADDR"] = f"{probes.host}:{probes.port}"
+    if settings.models_dir is None:
+        # a store of its own, so `ollama pull` and `ollama create` work out of the box
+        store = DEFAULT_STORE.expanduser()
+        store.mkdir(parents=True, exist_ok=True)
+        env["HERD_MODELS_DIR"] = str(store)
+        log.info("model_store", path=str(store))
     redis: EmbeddedRedis | None = None
     if settings.redis_url is None and not settings.redis_sentinels:
         redis = EmbeddedRedis()
@@ -114,6 +125,14 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("source")
     cp.add_argument("destination")
     sub.add_parser("rm", help="remove models from the catalog").add_argument("model", nargs="+")
+    create = sub.add_parser("create", help="create a model from a Modelfile")
+    create.add_argument("model")
+    create.add_argument(
+        "-f", "--file", default="Modelfile", help="the Modelfile (default: ./Modelfile)"
+    )
+    pull = sub.add_parser("pull", help="pull a model from a registry into the cluster's store")
+    pull.add_argument("model")
+    pull.add_argument("--insecure", action="store_true", help="allow an http registry")
     sub.add_parser("cluster", help="list the live workers: memory, slots, loaded models")
     scale = sub.add_parser("scale", help="set how many workers keep a model loaded")
     scale.add_argument("model")
@@ -172,6 +191,20 @@ def _client_verb(args: argparse.Namespace, settings: Settings) -> int:
                 top(client, Console(), once=args.once)
             elif args.command == "dlq":
                 verbs.dlq(args.action, args.entry)
+            elif args.command == "pull":
+                from rich.console import Console
+
+                from cli.pull import pull
+
+                pull(client, args.model, insecure=args.insecure, console=Console(highlight=False))
+            elif args.command == "create":
+                from pathlib import Path
+
+                from rich.console import Console
+
+                from cli.create import create
+
+                create(client, args.model, Path(args.file), Console(soft_wrap=True))
             else:
                 verbs.rm(args.model)
         except VerbError as exc:

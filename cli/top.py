@@ -2,8 +2,8 @@
 
 One table of workers (memory, slots, models loaded and loading) and one of models
 (replicas, queue, tokens/s), from the API's /api/cluster, as the status page shows them.
-Tokens/s comes from two successive reads of the API's /metrics (the tokens that API process
-relayed), so ``--once`` has none to show.
+Tokens/s comes from two successive reads (the tokens every worker generated, cluster-wide),
+so ``--once`` has none to show.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
@@ -25,35 +24,34 @@ from cli.verbs import VerbError, human_size
 
 INTERVAL_S = 1.0
 BAR_WIDTH = 20
-#: Each streamed token chunk the API relays is one observation of one of these.
-_CHUNK_HISTOGRAMS = ("herd_time_to_first_token_seconds", "herd_inter_token_latency_seconds")
 
 
 @dataclass
 class Sample:
     cluster: dict[str, Any]
-    #: Tokens/s by model since the previous sample; None on the first (or without /metrics).
+    #: Tokens/s by model since the previous sample; None on the first.
     rates: dict[str, float] | None = None
     at: datetime = field(default_factory=datetime.now)
 
 
 class Sampler:
-    """Reads /api/cluster and /metrics; keeps the last token counts for the rates."""
+    """Reads /api/cluster; keeps the last token counts for the rates."""
 
     def __init__(self, client: httpx.Client) -> None:
         self._client = client
         self._last: tuple[float, dict[str, float]] | None = None
 
     def sample(self) -> Sample:
-        cluster = self._get("/api/cluster")
-        counts = self._token_counts()
+        cluster = orjson.loads(self._get("/api/cluster").content)
+        # each worker counts since it started: a restarted one's drop is no negative rate
+        counts = {m: float(v.get("tokens_generated", 0)) for m, v in cluster["models"].items()}
         now = time.monotonic()
         rates: dict[str, float] | None = None
-        if counts is not None and self._last is not None:
+        if self._last is not None:
             then, before = self._last
             rates = {m: max(0.0, n - before.get(m, 0.0)) / (now - then) for m, n in counts.items()}
-        self._last = None if counts is None else (now, counts)
-        return Sample(orjson.loads(cluster.content), rates)
+        self._last = (now, counts)
+        return Sample(cluster, rates)
 
     def _get(self, path: str) -> httpx.Response:
         try:
@@ -63,20 +61,6 @@ class Sampler:
         if response.status_code >= 400:
             raise VerbError(_error(response))
         return response
-
-    def _token_counts(self) -> dict[str, float] | None:
-        """Tokens relayed so far by model; None where there is no /metrics (an Ollama)."""
-        try:
-            text = self._get("/metrics").text
-        except VerbError:
-            return None
-        counts: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            if family.name in _CHUNK_HISTOGRAMS:
-                for s in family.samples:
-                    if s.name.endswith("_count") and "model" in s.labels:
-                        counts[s.labels["model"]] = counts.get(s.labels["model"], 0.0) + s.value
-        return counts
 
 
 def _error(response: httpx.Response) -> str:

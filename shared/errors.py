@@ -10,6 +10,7 @@
     ├── Cancelled                  499
     ├── PayloadTooLarge            413
     ├── EngineFailure              500
+    ├── NoModelStore               501  (this API process has no HERD_MODELS_DIR)
     ├── Unauthorized               401  (API keys: none, or not one of them)
     ├── Forbidden                  403  (API keys: the key lacks the route's scope)
     └── TooManyRequests            429  (API keys: a key's limit; with Retry-After)
@@ -35,6 +36,7 @@ class ErrorType(StrEnum):
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
     RATE_LIMITED = "rate_limited"
+    NO_STORE = "no_store"
 
 
 STATUS: dict[ErrorType, int] = {
@@ -49,6 +51,7 @@ STATUS: dict[ErrorType, int] = {
     ErrorType.UNAUTHORIZED: 401,
     ErrorType.FORBIDDEN: 403,
     ErrorType.RATE_LIMITED: 429,
+    ErrorType.NO_STORE: 501,
 }
 
 
@@ -109,6 +112,13 @@ class EngineFailure(HerdError):
     error_type = ErrorType.INTERNAL
 
 
+class NoModelStore(HerdError):
+    """A model-store route (blobs, create) on an API process without ``HERD_MODELS_DIR``:
+    501, a configuration to fix rather than a state to wait out (which 503 would say)."""
+
+    error_type = ErrorType.NO_STORE
+
+
 _BY_TYPE: dict[ErrorType, type[HerdError]] = {
     cls.error_type: cls
     for cls in (
@@ -120,6 +130,7 @@ _BY_TYPE: dict[ErrorType, type[HerdError]] = {
         PayloadTooLarge,
         InsufficientMemory,
         EngineFailure,
+        NoModelStore,
     )
 }
 
@@ -137,6 +148,7 @@ WORKER_LOST = (
 )
 MODEL_REQUIRED = "model is required"
 BODY_TOO_LARGE = "request body too large"
+NO_STORE = "this server has no model store (set HERD_MODELS_DIR)"
 
 
 class Unauthorized(HerdError):

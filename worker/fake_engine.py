@@ -49,6 +49,7 @@ from shared.errors import EngineFailure, InvalidRequest
 from shared.messages import GenerateJob, LoadedModel, LoadOptions, Logprob, ModelAdvert, TopLogprob
 from worker.devices import FakeDevice
 from worker.engine import Embeddings, EngineOutput, Finish, Piece
+from worker.model_files import ModelSpec
 from worker.schema_example import example
 
 REPLY = "Hello from the herd. Ünïcode survives the trip, token by token."
@@ -85,9 +86,14 @@ class FakeEngine:
         load_delay_s: float = 0.0,
         preload: bool = True,
         slots: int | None = None,
+        specs: Sequence[ModelSpec] = (),
     ) -> None:
-        self._sizes = dict(_sized(entry) for entry in models)
-        self._models = [_advert(m, size, list(capabilities)) for m, size in self._sizes.items()]
+        """``specs``: store models served besides ``models`` (their adverts say what the
+        store says; their files are never read)."""
+        self._capabilities = list(capabilities)
+        self._named = dict(_sized(entry) for entry in models)
+        self._sizes = dict(self._named)
+        self._models = [_advert(m, size, self._capabilities) for m, size in self._sizes.items()]
         self._delay = token_delay_s
         self._load_delay = load_delay_s
         self._preload = preload
@@ -101,9 +107,27 @@ class FakeEngine:
         self.seen: list[str] = []
         #: Every load and unload, in order: ("load", name) / ("unload", name).
         self.history: list[tuple[str, str]] = []
+        self.set_models(list(specs))
 
     def models(self) -> list[ModelAdvert]:
         return list(self._models)
+
+    def set_models(self, specs: list[ModelSpec]) -> None:
+        """Serve ``specs`` besides the named models (a spec of the same name wins)."""
+        by_name = {spec.name: spec for spec in specs}
+        sizes = {n: b for n, b in self._named.items() if n not in by_name}
+        models = [_advert(n, b, self._capabilities) for n, b in sizes.items()]
+        for spec in by_name.values():
+            advert = _advert(spec.name, SIZE_BYTES, self._capabilities)
+            update = {"digest": spec.digest, "parameters": spec.parameters}
+            models.append(advert.model_copy(update={**update, **spec.advert_fields()}))
+            sizes[spec.name] = SIZE_BYTES
+        # loaded models keep their size until unloaded; both swaps are single assignments
+        self._sizes = {
+            **{n: self._sizes[n] for n in tuple(self._loaded) if n in self._sizes},
+            **sizes,
+        }
+        self._models = models
 
     def loaded(self) -> list[LoadedModel]:
         return [
@@ -205,9 +229,10 @@ class FakeEngine:
         )
 
     def _pieces(self, job: GenerateJob) -> list[str]:
-        advert = next(m for m in self._models if m.name == job.model)
+        advert = next((m for m in self._models if m.name == job.model), None)
+        capable = "thinking" in (advert.capabilities if advert else self._capabilities)
         pieces: list[str] = []
-        if thinking.requested(job.think) and "thinking" in advert.capabilities:
+        if thinking.requested(job.think) and capable:
             pieces += ["<thi", "nk>Fake ", "thoughts.</th", "ink>"]
         last = job.messages[-1].role if job.messages else ""
         if job.tools and last != "tool":

@@ -63,6 +63,9 @@ class JobRunner:
         self._residency = residency
         self._worker_id = worker_id
         self._refresh_advert = refresh_advert
+        #: Answer tokens generated here so far, by model (the advert carries them: the
+        #: status page's and ``herd top``'s tokens/s, cluster-wide).
+        self.tokens: dict[str, int] = {}
 
     def handoff(self, job: GenerateJob) -> Handoff:
         """What a drain needs to know of ``job`` while it runs here."""
@@ -177,6 +180,7 @@ class JobRunner:
                 else:
                     tokens += output.tokens
                     drain.generated(len(output.tokens))
+                    self.tokens[job.model] = self.tokens.get(job.model, 0) + len(output.tokens)
                     chunks = post.feed(output)
                 for index, chunk in enumerate(chunks):
                     last = index == len(chunks) - 1

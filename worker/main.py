@@ -15,6 +15,8 @@ from worker.consumer import Worker
 from worker.devices import Devices
 from worker.engine import Engine
 from worker.health import create_health_app, health_server
+from worker.model_files import served_files
+from worker.pulls import start_pulls
 
 log = structlog.get_logger()
 
@@ -29,12 +31,12 @@ def build_engine(settings: Settings, devices: Devices) -> Engine:
             capabilities=settings.fake_capabilities,
             load_delay_s=settings.fake_load_delay_s,
             slots=settings.slots,
+            specs=served_files(settings),
         )
     from worker.llama.engine import LlamaEngine
-    from worker.model_files import discover
 
     return LlamaEngine(
-        discover(settings),
+        served_files(settings),
         n_ctx=settings.num_ctx,
         n_gpu_layers=settings.n_gpu_layers,
         num_parallel=settings.slots,
@@ -61,9 +63,13 @@ async def serve_worker(settings: Settings, probe_socket: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
+    # model pulls (arq), where this worker can write a store
+    pulls = start_pulls(settings, on_stored=worker.store_changed)
     try:
         await worker.run()
     finally:
+        if pulls is not None:
+            await pulls.stop()
         probes.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await probe_task

@@ -110,6 +110,8 @@ def _first_int(value: Any, default: int) -> int:
 
 
 def _template(spec: ModelSpec, header: Header) -> ChatTemplate:
+    if spec.template is not None:  # a Modelfile's TEMPLATE replaces the GGUF's own
+        return GoTemplate(spec.template)
     if spec.chat_format is not None:
         return BUILTIN[spec.chat_format]
     source = header.metadata.get("tokenizer.chat_template")
@@ -148,7 +150,7 @@ def describe(spec: ModelSpec) -> Description:
         parameters=parameters,
         license=_license(meta.get("general.license")),
         model_info=model_info(header),
-    )
+    ).model_copy(update=spec.advert_fields())
     return Description(spec, header, template, parameters, advert)
 
 

@@ -1,13 +1,18 @@
 """The model routes: GET /api/tags and /api/ps, POST /api/show, /api/copy and DELETE
-/api/delete. Names resolve through ``api.aliases``; model files are never deleted."""
+/api/delete. Names resolve through ``api.aliases``. A model of the store (``HERD_MODELS_DIR``)
+is copied and deleted there; the others (the default package, loose GGUFs) get aliases and
+deletions, their files never deleted."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from api import gofmt, requests, responses
+from api import control, gofmt, modelstore, requests, responses
+from api.modelstore import optional_store
+from api.requests import Unload
 from api.show import show
 from api.state import AliasesDep, StateDep
 from shared import names
@@ -69,21 +74,43 @@ def _name(text: str, role: str) -> str:
 
 
 @router.post("/api/copy")
-async def copy(request: Request, aliases: AliasesDep) -> Response:
+async def copy(request: Request, state: StateDep, aliases: AliasesDep) -> Response:
+    """A model of the store gets a second manifest (``Store.copy``); any other served model
+    an alias (``api.aliases``). 200 with an empty body, as Ollama answers."""
     body = requests.parse(await request.body(), requests.CopyRequest)
     source = _name(body.source, "source")
     destination = _name(body.destination, "destination")
-    if not await aliases.copy(source, destination):
+    store = optional_store(state.settings)
+    stored = None
+    if store is not None:  # an alias of a store model copies the model itself
+        stored = await asyncio.to_thread(store.get, await aliases.target(source) or source)
+    if store is not None and stored is not None:
+        await asyncio.to_thread(store.copy, stored.name, destination)
+        await aliases.release(destination)
+        await modelstore.changed(state.redis)
+    elif not await aliases.copy(source, destination):
         raise ModelNotFound(f"model {gofmt.quote(body.source)} not found")
     return Response(status_code=200)  # Ollama answers with an empty body
 
 
 @router.delete("/api/delete")
-async def delete(request: Request, aliases: AliasesDep) -> Response:
+async def delete(request: Request, state: StateDep, aliases: AliasesDep) -> Response:
+    """An alias goes; a model of the store goes from the store (its blobs no other model
+    names too) and is unloaded everywhere; any other served model is hidden."""
     body = requests.parse(await request.body(), requests.DeleteRequest)
     model = body.model or body.name
     if not model:
         raise InvalidRequest(MODEL_REQUIRED)
-    if not await aliases.delete(_name(model, "name")):
+    name = _name(model, "name")
+    store = optional_store(state.settings)
+    removed = None
+    if store is not None and await aliases.target(name) is None:
+        removed = await asyncio.to_thread(store.delete, name)
+    if removed is not None:
+        unload = Unload(route="generate", model=model, name=removed.name)
+        await control.unload(state.redis, state.registry, unload)
+        await aliases.hide(removed.name)  # else the catalog of models seen keeps listing it
+        await modelstore.changed(state.redis)
+    elif not await aliases.delete(name):
         raise ModelNotFound.named(model)
     return Response(status_code=200)

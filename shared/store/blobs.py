@@ -3,11 +3,13 @@ rename that makes a blob visible only once it is whole and verified."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
 from collections.abc import AsyncIterable
 from pathlib import Path
+from typing import BinaryIO
 
 from shared.errors import InvalidRequest, PayloadTooLarge
 
@@ -51,13 +53,23 @@ async def write_stream(
     digest and the size. More than ``limit`` bytes stops the write with 413."""
     hasher = hashlib.sha256()
     size = 0
+
+    def absorb(handle: BinaryIO, chunk: bytes) -> None:
+        hasher.update(chunk)
+        handle.write(chunk)
+
+    # disk writes and hashing off the event loop: a multi-GB upload must not stall the
+    # process's other requests (a thread hop per chunk costs microseconds)
     with target.open("wb") as handle:
         async for chunk in chunks:
             size += len(chunk)
             if limit is not None and size > limit:
                 raise PayloadTooLarge(f"the blob is larger than the store allows ({limit} bytes)")
-            hasher.update(chunk)
-            handle.write(chunk)
-        handle.flush()
-        os.fsync(handle.fileno())
+            await asyncio.to_thread(absorb, handle, chunk)
+        await asyncio.to_thread(_sync, handle)
     return f"sha256:{hasher.hexdigest()}", size
+
+
+def _sync(handle: BinaryIO) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())

@@ -6,7 +6,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 
@@ -40,6 +40,15 @@ class Manifest(BaseModel):
     media_type: str = Field(MANIFEST_MEDIA_TYPE, alias="mediaType")
     config: Layer
     layers: list[Layer]
+    #: The bytes it was read from (a registry's): written as they are, so the manifest's
+    #: digest (what /api/tags shows) is the registry's, as with Ollama.
+    _raw: bytes | None = PrivateAttr(None)
+
+    @classmethod
+    def read(cls, raw: bytes) -> Manifest:
+        manifest = cls.model_validate_json(raw)
+        manifest._raw = raw
+        return manifest
 
     def blobs(self) -> list[Layer]:
         """The config and every layer: what the manifest needs in ``blobs/``."""
@@ -55,6 +64,9 @@ class Manifest(BaseModel):
         return found[-1] if found else None
 
     def dump(self) -> bytes:
+        # the bytes as read, unless the manifest was changed since
+        if self._raw is not None and Manifest.read(self._raw) == self:
+            return self._raw
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 

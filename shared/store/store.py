@@ -126,7 +126,7 @@ class Store:
     def _load(self, path: Path, name: names.Name) -> StoredModel | None:
         try:
             raw = path.read_bytes()
-            manifest = Manifest.model_validate_json(raw)
+            manifest = Manifest.read(raw)
             modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
         except (OSError, ValidationError, ValueError) as exc:
             log.warning("manifest_unreadable", path=str(path), error=str(exc))

@@ -117,7 +117,6 @@ SEEDS: dict[tuple[str, str], list[dict[str, Any]]] = {
     ],
     ("POST", "/api/copy"): [{"source": SERVED, "destination": SPARE[0]}],
     ("DELETE", "/api/delete"): [{"model": SPARE[0]}, {"name": SPARE[1]}],
-    ("POST", "/api/pull"): [{"model": "llama3.2", "insecure": False, "stream": False}],
     ("POST", "/api/push"): [{"model": "me/llama3.2", "stream": False}],
     ("POST", "/api/create"): [{"model": "mine", "from": SERVED, "system": "s", "stream": False}],
     ("POST", "/v1/chat/completions"): [
@@ -307,13 +306,18 @@ def _fill(path: str, rng: random.Random) -> str:
     return path
 
 
+#: Routes left out: a pull answers 500 with its registry's error (Ollama's contract) and would
+#: reach for a real registry; tests/api/test_pull.py tests it against a registry fixture.
+UNFUZZED = {("POST", "/api/pull")}
+
+
 def probes(seed: int, routes: list[tuple[str, str]] | None = None) -> Iterator[Probe]:
     """Endless probes, the same ones for the same ``seed``; ``routes``: Herd's own
     (from its /openapi.json), fuzzed with any body, besides the seeded ones."""
     rng = random.Random(seed)
     mutator = _Mutator(rng)
     seeded = list(SEEDS)
-    bare = sorted({*BARE, *(routes or [])} - set(seeded))
+    bare = sorted({*BARE, *(routes or [])} - set(seeded) - UNFUZZED)
     index = 0
     while True:
         index += 1

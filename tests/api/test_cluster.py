@@ -13,6 +13,7 @@ from shared import keys
 from shared.messages import DeviceInfo, LoadedModel, ReplicaPolicy, WorkerAdvert
 from tests.api.conftest import advert, advertise
 from tests.conftest import ApiFactory, WorkerFactory
+from tests.polling import until
 from worker.fake_engine import REPLY
 
 GIB = 2**30
@@ -60,9 +61,10 @@ async def test_cluster_shows_workers_replicas_queues_and_policies(
         worker_advert(
             "w1", devices=[gpu], models=[GEMMA, OLDER], loaded=[loaded], loading=["older:latest"],
             slots_total=4, slots_free=3, memory_total=72 * GIB, memory_free=70 * GIB,
+            tokens_generated={"gemma3:270m": 120, "older:latest": 3},
         ),
     )  # fmt: skip
-    await publish(redis, worker_advert("w0"))
+    await publish(redis, worker_advert("w0", tokens_generated={"gemma3:270m": 5}))
     # gemma: one job taken by a worker, two waiting, the oldest for about two seconds
     stream = keys.job_stream("gemma3:270m")
     await redis.xgroup_create(stream, keys.JOB_GROUP, id="0", mkstream=True)
@@ -93,6 +95,7 @@ async def test_cluster_shows_workers_replicas_queues_and_policies(
         "memory_total": 72 * GIB,
         "memory_free": 70 * GIB,
         "slots": {"total": 4, "free": 3},
+        "tokens_generated": 123,
         "loading": ["older:latest"],
         "loaded": [
             {
@@ -113,6 +116,7 @@ async def test_cluster_shows_workers_replicas_queues_and_policies(
         "waiting": 2,
         "pending": 1,
         "policy": {"min_replicas": 1, "max_replicas": 2},
+        "tokens_generated": 125,  # both workers' counts
     }
     assert data["models"]["older:latest"] == {
         "replicas": [],
@@ -121,6 +125,7 @@ async def test_cluster_shows_workers_replicas_queues_and_policies(
         "oldest_wait_s": 0,
         "pending": 0,
         "policy": None,
+        "tokens_generated": 3,
     }
 
 
@@ -130,6 +135,12 @@ async def test_cluster_of_a_running_worker(api: ApiFactory, worker: WorkerFactor
     await worker(worker_id="solo", fake_models=["tiny:1"])
     answer = await client.post("/api/chat", json={"model": "tiny:1", **CHAT})
     assert answer.json()["message"]["content"] == REPLY
+
+    async def counted() -> bool:  # the next heartbeat carries the answer's tokens
+        cluster = (await client.get("/api/cluster")).json()
+        return bool(cluster["models"]["tiny:1"]["tokens_generated"] == answer.json()["eval_count"])
+
+    await until(counted, timeout_s=10)
     data = (await client.get("/api/cluster")).json()
     (solo,) = data["workers"]
     assert solo["id"] == "solo" and solo["ready"] is True and solo["devices"]
@@ -143,6 +154,7 @@ async def test_cluster_of_a_running_worker(api: ApiFactory, worker: WorkerFactor
             "oldest_wait_s": 0,
             "pending": 0,
             "policy": None,
+            "tokens_generated": answer.json()["eval_count"],
         }
     }
 

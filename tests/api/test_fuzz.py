@@ -61,9 +61,10 @@ async def _fuzz(client: httpx.AsyncClient, running: Worker, probes: int) -> None
 
 @pytest.mark.timeout(BUDGET_S + 120)
 async def test_fuzzed_requests_never_get_a_5xx_nor_hang(
-    api: ApiFactory, worker: WorkerFactory
+    api: ApiFactory, worker: WorkerFactory, tmp_path: Path
 ) -> None:
-    client = await api(fake_token_delay_s=0.001)
+    # with a model store, so that blobs and create are fuzzed too (without one: 501)
+    client = await api(fake_token_delay_s=0.001, models_dir=tmp_path / "store")
     await _fuzz(client, await worker(fake_token_delay_s=0.001), PROBES)
 
 
@@ -78,6 +79,6 @@ async def test_fuzzed_requests_on_llama_cpp_never_get_a_5xx_nor_hang(
     engine = LlamaEngine(
         [ModelSpec(name=fuzzing.SERVED, path=path)], n_ctx=256, n_gpu_layers=0, num_parallel=2
     )
-    client = await api()
+    client = await api(models_dir=tmp_path / "store")  # blobs and create fuzzed too
     running = await worker(engine=cast(FakeEngine, engine))
     await _fuzz(client, running, max(PROBES // 2, 50))

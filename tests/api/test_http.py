@@ -175,5 +175,5 @@ async def test_head_on_get_routes(api: ApiFactory, path: str) -> None:
 
 async def test_unknown_route_is_404_in_plain_text(api: ApiFactory) -> None:
     client = await api()
-    response = await client.post("/api/pull", json={"model": "x"})
+    response = await client.post("/api/nothing-here", json={"model": "x"})
     assert response.status_code == 404 and response.text == "404 page not found"

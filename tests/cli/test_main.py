@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -23,7 +24,10 @@ HERD = [sys.executable, "-m", "cli"]
 def _env(**values: str) -> dict[str, str]:
     """This environment without any Herd setting of the caller's, plus ``values``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HERD_")}
-    return {**env, "HERD_ENGINE": "fake", "HERD_LOG_FORMAT": "json", **values}
+    # a store of the test's own: `herd serve`'s default (~/.herd/models) may hold models
+    store = tempfile.mkdtemp(prefix="herd-store-")
+    ours = {"HERD_ENGINE": "fake", "HERD_LOG_FORMAT": "json", "HERD_MODELS_DIR": store}
+    return {**env, **ours, **values}
 
 
 @pytest.fixture

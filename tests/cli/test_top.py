@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import sys
+import time
 
 import httpx
 import pytest
@@ -79,7 +80,14 @@ async def test_tokens_per_second_from_two_samples(api: ApiFactory, worker: Worke
                     chat.post("/api/chat", json={"model": "team/tiny:1", **CHAT}), loop
                 ).result(timeout=30)
                 assert answer.status_code == 200
-                return sampler.sample().rates
+                # the workers' next heartbeat carries the answer's tokens: one of the
+                # samples after it sees them arrive
+                for _ in range(30):
+                    rates = sampler.sample().rates
+                    if rates and rates["team/tiny:1"] > 0:
+                        break
+                    time.sleep(0.1)
+                return rates
 
         loop = asyncio.get_running_loop()
         rates = await asyncio.to_thread(sample_around_a_chat)

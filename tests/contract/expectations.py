@@ -82,11 +82,7 @@ SERVED: list[Served] = [
 
 #: Routes of §2 Herd does not serve, and why (docs/compatibility.md shows these reasons).
 UNSERVED: dict[str, str] = {
-    "POST /api/pull":         "no registry: models are GGUF files deployed with the workers",
-    "POST /api/push":         "no registry: Herd does not publish models",
-    "POST /api/create":       "no Modelfile builds: workers serve the GGUF files they are given",
-    "POST /api/blobs/:digest": "no blob store: model files live on the workers",
-    "HEAD /api/blobs/:digest": "no blob store: model files live on the workers",
+    "POST /api/push":         "not built: Herd pulls from registries but does not publish models",
     "GET /api/status":        "no ollama.com cloud integration",
     "POST /api/me":           "no ollama.com accounts",
     "POST /api/signout":      "no ollama.com accounts",

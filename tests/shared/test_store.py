@@ -102,4 +102,19 @@ def test_delete_removes_only_the_blobs_nobody_else_names(tmp_path: Path) -> None
     assert store.delete("first") is None
     copied = store.copy("second", "ns/third:v1")
     assert copied is not None and copied.name == "ns/third:v1"
-    assert copied.manifest == second
+    assert copied.manifest.model_dump() == second.model_dump()
+
+
+def test_a_manifest_read_is_written_back_byte_for_byte(tmp_path: Path) -> None:
+    """A registry's manifest keeps its bytes (and so its digest, /api/tags' digest); one
+    changed since it was read is written from its fields."""
+    store = Store(tmp_path)
+    manifest = _model(store, b"weights")
+    spaced = manifest.model_dump_json(by_alias=True, exclude_none=True, indent=3).encode()
+    read = Manifest.read(spaced)
+    stored = store.write_manifest("pulled", read)
+    assert stored.path.read_bytes() == spaced
+    copied = store.copy("pulled", "again")
+    assert copied is not None and copied.digest == stored.digest
+    read.layers.pop()
+    assert store.write_manifest("changed", read).path.read_bytes() != spaced

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -35,6 +36,7 @@ from worker.llama.model import (
     auto_slots,
     context_plan,
     gpu_offload_supported,
+    with_model_defaults,
 )
 from worker.llama.outbox import DONE, Outbox
 from worker.llama.prompt import Vocab
@@ -75,6 +77,11 @@ class LlamaEngine:
     ) -> None:
         """``num_parallel``: slots per model (None: as many as fit, see ``auto_slots``);
         ``free_memory(gpu)``: the free bytes of the device a model would load on."""
+        #: Guards the model tables below: ``set_models`` may swap them from a thread. They
+        #: are replaced, never changed in place, so a reader holding one sees it whole.
+        self._lock = threading.RLock()
+        #: The names served, in order; ``_descriptions`` also keeps removed ones still loaded.
+        self._served: list[str] = [s.name for s in specs]
         self._descriptions: dict[str, Description] = {s.name: describe(s) for s in specs}
         self._layouts: dict[str, Layout] = {s.name: read_layout(s.path) for s in specs}
         #: Adverts with ``memory_bytes`` (estimated once, for a load with default options).
@@ -87,11 +94,39 @@ class LlamaEngine:
         self._locks: dict[str, asyncio.Lock] = {}
 
     def models(self) -> list[ModelAdvert]:
-        for name, desc in self._descriptions.items():
-            if name not in self._adverts:
-                need = self.memory_required(name, LoadOptions())
-                self._adverts[name] = desc.advert.model_copy(update={"memory_bytes": need})
-        return list(self._adverts.values())
+        with self._lock:
+            adverts = dict(self._adverts)
+            for name in self._served:
+                if name not in adverts:
+                    need = self.memory_required(name, LoadOptions())
+                    advert = self._descriptions[name].advert
+                    adverts[name] = advert.model_copy(update={"memory_bytes": need})
+            self._adverts = adverts
+            return [adverts[name] for name in self._served]
+
+    def set_models(self, specs: list[ModelSpec]) -> None:
+        """Serve ``specs``: unchanged ones keep their description, new or changed ones are
+        read (a header each: off the event loop), unreadable ones are left out."""
+        with self._lock:
+            known = dict(self._descriptions)
+        fresh: dict[str, Description] = {}
+        layouts: dict[str, Layout] = {}
+        for spec in specs:
+            old = known.get(spec.name)
+            if old is not None and old.spec == spec:
+                fresh[spec.name], layouts[spec.name] = old, self._layouts[spec.name]
+                continue
+            try:
+                fresh[spec.name], layouts[spec.name] = describe(spec), read_layout(spec.path)
+            except Exception as exc:  # one bad file or template must not stop the others
+                log.warning("model_unreadable", model=spec.name, error=str(exc))
+        with self._lock:
+            # a removed model still loaded keeps its tables until it is unloaded
+            kept = [n for n in tuple(self._loaded) if n not in fresh and n in self._descriptions]
+            self._descriptions = {**fresh, **{n: self._descriptions[n] for n in kept}}
+            self._layouts = {**layouts, **{n: self._layouts[n] for n in kept}}
+            self._adverts = {n: a for n, a in self._adverts.items() if fresh.get(n) is known.get(n)}
+            self._served = list(fresh)
 
     def full_model_info(self, name: str) -> dict[str, Any]:
         """/api/show's verbose ``model_info``: arrays in full (reads the GGUF header again)."""
@@ -134,7 +169,7 @@ class LlamaEngine:
     async def start(self) -> None:
         """Preload the first model (the default one when served); the others load on
         demand, within the worker's cap on loaded models."""
-        for name in list(self._descriptions)[:1]:
+        for name in self._served[:1]:
             await self.load(name, LoadOptions())
 
     async def close(self) -> None:
@@ -143,8 +178,12 @@ class LlamaEngine:
             await self.unload(name, cancel=True)
 
     def effective_options(self, name: str, options: LoadOptions) -> LoadOptions:
+        desc = self._describe(name)
         params = LoadParams.resolve(
-            options, self._describe(name), n_ctx=self._n_ctx, n_gpu_layers=self._n_gpu_layers
+            with_model_defaults(options, desc.parameters),
+            desc,
+            n_ctx=self._n_ctx,
+            n_gpu_layers=self._n_gpu_layers,
         )
         return LoadOptions(
             num_ctx=params.n_ctx,
@@ -157,6 +196,7 @@ class LlamaEngine:
 
     def _params(self, name: str, options: LoadOptions) -> LoadParams:
         desc = self._describe(name)
+        options = with_model_defaults(options, desc.parameters)
         params = LoadParams.resolve(
             options, desc, n_ctx=self._n_ctx, n_gpu_layers=self._n_gpu_layers
         )
@@ -199,6 +239,10 @@ class LlamaEngine:
                 model.scheduler.retire(cancel=cancel)
                 await asyncio.to_thread(model.scheduler.wait_closed)
                 log.info("model_unloaded", model=name)
+            with self._lock:  # a model the store no longer has goes with its last instance
+                if name not in self._served and name not in self._loaded:
+                    self._descriptions = {n: d for n, d in self._descriptions.items() if n != name}
+                    self._layouts = {n: lay for n, lay in self._layouts.items() if n != name}
 
     def _describe(self, name: str) -> Description:
         desc = self._descriptions.get(name)
@@ -281,7 +325,11 @@ def _join(a: Piece, b: Piece) -> Piece:
 
 def _same_load(params: LoadParams, options: LoadOptions, engine: LlamaEngine, name: str) -> bool:
     """Whether ``options`` ask for what is loaded (the slots are the engine's own choice)."""
+    desc = engine._describe(name)
     wanted = LoadParams.resolve(
-        options, engine._describe(name), n_ctx=engine._n_ctx, n_gpu_layers=engine._n_gpu_layers
+        with_model_defaults(options, desc.parameters),
+        desc,
+        n_ctx=engine._n_ctx,
+        n_gpu_layers=engine._n_gpu_layers,
     )
     return dataclasses.replace(wanted, slots=params.slots) == params

@@ -12,9 +12,11 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import llama_cpp
 from llama_cpp import _internals, _logger
+from pydantic import ValidationError
 
 from shared.errors import EngineFailure
 from shared.messages import LoadOptions
@@ -102,6 +104,23 @@ class LoadParams:
             n_threads=threads,
             slots=1 if desc.embedding_only else max(1, slots),
         )
+
+
+def with_model_defaults(options: LoadOptions, parameters: dict[str, list[Any]]) -> LoadOptions:
+    """``options`` over the model's own load-time parameters (a Modelfile's ``PARAMETER
+    num_ctx 8192``), as Ollama layers them; unusable values are left out."""
+    given = {
+        name: values[0]
+        for name, values in parameters.items()
+        if name in LoadOptions.model_fields and values
+    }
+    if not given:
+        return options
+    try:
+        defaults = LoadOptions.model_validate(given)
+    except ValidationError:
+        return options
+    return defaults.model_copy(update=options.model_dump(exclude_none=True))
 
 
 def auto_slots(desc: Description, n_ctx: int, *, free_bytes: int, on_gpu: bool) -> int:

@@ -106,7 +106,7 @@ def build(
             if job.template and job.kind == "generate"
             else desc.template
         )
-        rendered = _render(job, template, vocab, n_ctx - len(context), cancelled)
+        rendered = _render(job, desc, template, vocab, n_ctx - len(context), cancelled)
         text, stops = rendered.prompt, rendered.stops
     tokens = context + vocab.tokenize(text, bos=not context)
     return Prompt(fit(tokens, job, n_ctx, num_keep), stops)
@@ -114,12 +114,14 @@ def build(
 
 def _render(
     job: GenerateJob,
+    desc: Description,
     template: ChatTemplate,
     vocab: Vocab,
     room: int,
     cancelled: Callable[[], bool],
 ) -> Rendered:
-    messages = job_messages(job)
+    spec = desc.spec
+    messages = job_messages(job, system=spec.system, preamble=spec.messages)
 
     def render(chosen: list[ChatMessage]) -> Rendered:
         return template.render(chosen, tools=job.tools, think=job.think)

@@ -72,7 +72,8 @@ class Placer:
         self._client = client
         self._id = settings.worker_id
         self._settings = settings
-        self._models = list(models)
+        #: Kept as given: the worker's live view, which a store rescan changes.
+        self._models = models
         self._residency = residency
         self._local = local
         self._tickets = Tickets(client, self._id)

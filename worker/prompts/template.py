@@ -7,6 +7,7 @@ GGUFs without one) and ``worker.prompts.go_execute`` (Ollama's Go templates).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,9 +47,23 @@ class ChatTemplate(Protocol):
     ) -> Rendered: ...
 
 
-def job_messages(job: GenerateJob) -> list[ChatMessage]:
-    """/api/generate renders its prompt as one user turn (with ``system``), like Ollama."""
+def job_messages(
+    job: GenerateJob, *, system: str = "", preamble: Sequence[ChatMessage] = ()
+) -> list[ChatMessage]:
+    """The messages a job's prompt renders, with the model's Modelfile ``SYSTEM`` and
+    ``MESSAGE``s (``preamble``) as Ollama's handlers add them:
+
+    - a chat: the preamble, then the request's messages; the model's system prompt first
+      unless the request's first message is a system message;
+    - /api/generate: one user turn, after the request's ``system`` (else the model's) and
+      the preamble (left out when the request carries a ``context``)."""
     if job.kind == "chat":
-        return job.messages
-    messages = [ChatMessage(role="system", content=job.system)] if job.system else []
+        messages = [*preamble, *job.messages]
+        if system and not (job.messages and job.messages[0].role == "system"):
+            messages.insert(0, ChatMessage(role="system", content=system))
+        return messages
+    chosen = job.system or system
+    messages = [ChatMessage(role="system", content=chosen)] if chosen else []
+    if job.context is None:
+        messages += preamble
     return [*messages, ChatMessage(role="user", content=job.prompt)]
