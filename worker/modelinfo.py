@@ -13,7 +13,7 @@ import gguf
 from shared.messages import ModelAdvert
 from worker.gguf_header import Header, fingerprint, read_header
 from worker.model_files import ModelSpec
-from worker.prompts.builtin import BUILTIN
+from worker.prompts.builtin import BUILTIN, BY_ARCHITECTURE
 from worker.prompts.go_execute import GoTemplate
 from worker.prompts.jinja import JinjaTemplate
 from worker.prompts.template import ChatTemplate
@@ -116,6 +116,9 @@ def _template(spec: ModelSpec, header: Header) -> ChatTemplate:
         return BUILTIN[spec.chat_format]
     source = header.metadata.get("tokenizer.chat_template")
     if not isinstance(source, str):
+        builtin = BY_ARCHITECTURE.get(str(header.metadata.get("general.architecture", "")))
+        if builtin is not None:
+            return BUILTIN[builtin]
         return GoTemplate("{{ .Prompt }}")  # Ollama's template for a model without one
     tokens = header.special_tokens
     bos = header.metadata.get("tokenizer.ggml.bos_token_id")

@@ -13,6 +13,7 @@ import gguf
 import numpy as np
 import pytest
 
+from shared.messages import ChatMessage
 from worker.gguf_header import fingerprint, read_header
 from worker.model_files import ModelSpec, default_model
 from worker.modelinfo import describe, human_number, model_info
@@ -164,3 +165,15 @@ def test_gemma3_package_model() -> None:
 )
 def test_human_number(count: int, text: str) -> None:
     assert human_number(count) == text
+
+
+def test_a_gguf_without_a_template_chats_in_its_familys_turns() -> None:
+    """A model created from the Gemma 3 file (no chat template inside, no TEMPLATE layer)
+    gets Gemma's turns and end token, not a raw prompt."""
+    created = ModelSpec(name="pirate:latest", path=default_model().path, system="Arr.")
+    desc = describe(created)
+    rendered = desc.template.render([ChatMessage(role="user", content="Where is it?")])
+    assert (
+        rendered.prompt == "<start_of_turn>user\nWhere is it?<end_of_turn>\n<start_of_turn>model\n"
+    )
+    assert desc.parameters["stop"] == ["<end_of_turn>"]

@@ -52,3 +52,8 @@ class GemmaTemplate:
 
 
 BUILTIN: dict[str, ChatTemplate] = {"gemma": GemmaTemplate()}
+
+#: The built-in format of a GGUF that has no template, by its ``general.architecture``: a
+#: model created from such a file chats in its family's turns (Ollama would fall back to
+#: ``{{ .Prompt }}`` and answer a chat as raw text).
+BY_ARCHITECTURE = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
