@@ -14,7 +14,19 @@ from api.metrics import ApiMetrics, RequestMetrics
 from api.metrics import router as metrics_router
 from api.registry import Registry
 from api.responses import install_error_handlers
-from api.routes import blobs, cluster, create, dlq, health, inference, models, openai, pull, status
+from api.routes import (
+    blobs,
+    cluster,
+    create,
+    dlq,
+    health,
+    inference,
+    models,
+    openai,
+    pull,
+    push,
+    status,
+)
 from api.state import AppState
 from shared.redis import connect
 from shared.settings import Settings
@@ -67,8 +79,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=metrics)
     for module in (health, models, inference, openai, cluster, dlq, pull):
         app.include_router(module.router)
-    # the model store's own writes (api.modelstore): blob uploads and creates
-    for module in (blobs, create):
+    # the model store's own writes (api.modelstore): blob uploads and creates; and pushes,
+    # which read it
+    for module in (blobs, create, push):
         app.include_router(module.router)
     # the status page: open with API keys configured (api.auth.EXEMPT), its polls are not
     app.include_router(status.router)

@@ -66,7 +66,7 @@ EXEMPT = frozenset({"/", "/api/version", "/healthz", "/readyz", "/metrics", "/st
 INFERENCE = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"})
 READ_ONLY = frozenset({"/api/tags", "/api/ps", "/api/show", "/api/cluster", "/v1/models"})
 #: Model management: admin (as every route not listed; named so that it stays so).
-MODEL_MANAGEMENT = frozenset({"/api/pull", "/api/create"})
+MODEL_MANAGEMENT = frozenset({"/api/pull", "/api/push", "/api/create"})
 
 
 def need(path: str) -> Need:

@@ -4,8 +4,13 @@ and the bump of ``keys.STORE_VERSION`` that makes every worker rescan after a ch
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+import structlog
 from redis.asyncio import Redis
 
+from api.registry import Registry
 from shared.errors import NO_STORE, NoModelStore
 from shared.settings import Settings
 from shared.store import Store
@@ -25,6 +30,30 @@ def required_store(settings: Settings) -> Store:
     return store
 
 
+log = structlog.get_logger()
+
+#: How often ``served`` looks at the adverts while it waits.
+LOOK_EVERY_S = 0.05
+
+
 async def changed(client: Redis) -> None:
     """Tell the workers the store's models changed (they rescan on their next heartbeat)."""
     await bump_store_version(client)
+
+
+async def served(registry: Registry, name: str, digest: str, *, within_s: float) -> bool:
+    """Wait until a ready worker advertises ``name`` with ``digest`` (its manifest's): a
+    client that hears ``success`` can use the model at once, as with Ollama. False if none
+    did within ``within_s`` (a worker's next heartbeat rescans; no worker may share the
+    store): the write stands either way."""
+    if not await registry.workers(fresh=True):
+        return False  # no worker up: nobody to wait for (one that starts reads the store)
+    deadline = time.monotonic() + within_s
+    while True:
+        advert = (await registry.served(fresh=True)).get(name)
+        if advert is not None and advert.digest == digest:
+            return True
+        if time.monotonic() >= deadline:
+            log.warning("model_not_served_yet", model=name, waited_s=within_s)
+            return False
+        await asyncio.sleep(LOOK_EVERY_S)

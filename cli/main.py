@@ -1,7 +1,7 @@
 """The ``herd`` command: ``serve`` (everything on one machine), ``api``, ``worker``, the
 client verbs of the ``ollama`` CLI (``list``, ``ps``, ``show``, ``run``, ``stop``, ``cp``,
-``rm``, ``create``, ``pull``) and Herd's own (``cluster``, ``scale``, ``top``) against the API at
-``HERD_HOST``."""
+``rm``, ``create``, ``pull``, ``push``) and Herd's own (``cluster``, ``scale``, ``top``)
+against the API at ``HERD_HOST``."""
 
 from __future__ import annotations
 
@@ -133,6 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     pull = sub.add_parser("pull", help="pull a model from a registry into the cluster's store")
     pull.add_argument("model")
     pull.add_argument("--insecure", action="store_true", help="allow an http registry")
+    push = sub.add_parser("push", help="push a model of the cluster's store to its registry")
+    push.add_argument("model")
+    push.add_argument("--insecure", action="store_true", help="allow an http registry")
     sub.add_parser("cluster", help="list the live workers: memory, slots, loaded models")
     scale = sub.add_parser("scale", help="set how many workers keep a model loaded")
     scale.add_argument("model")
@@ -197,6 +200,12 @@ def _client_verb(args: argparse.Namespace, settings: Settings) -> int:
                 from cli.pull import pull
 
                 pull(client, args.model, insecure=args.insecure, console=Console(highlight=False))
+            elif args.command == "push":
+                from rich.console import Console
+
+                from cli.push import push
+
+                push(client, args.model, insecure=args.insecure, console=Console(highlight=False))
             elif args.command == "create":
                 from pathlib import Path
 
@@ -228,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             "HERD_REDIS_URL or HERD_REDIS_SENTINELS must be set for `herd api` and `herd worker`"
         )
+    from shared.redis import RedisConfigError, redis_passwords
+
     try:
+        # an unreadable password file: one line now, not a traceback from a child's start-up
+        redis_passwords(settings)
         if args.command == "serve":
             return _serve(settings)
         if args.command == "api":
@@ -241,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             from worker.main import main as worker_main
 
             worker_main(settings, probes)
-    except PortUnavailable as exc:
+    except (PortUnavailable, RedisConfigError) as exc:
         sys.stderr.write(f"Error: {exc}\n")
         return 1
     return 0

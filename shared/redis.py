@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -20,6 +21,41 @@ CONNECT_TIMEOUT_S = 2.0
 #: (10 ms doubling, at most 0.5 s): a Redis restart costs a pause, not an error, while
 #: a Redis that stays down answers within about CONNECT_TIMEOUT_S x (RETRIES + 1).
 RETRIES = 2
+
+
+class RedisConfigError(RuntimeError):
+    """A Redis setting that cannot be used, such as a password file that cannot be read:
+    ``herd`` reports it as one line at start-up."""
+
+
+def _read_password(path: Path, setting: str) -> str:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise RedisConfigError(f"{setting}: cannot read {path} ({why})") from None
+    # a Secret written with `echo` or `--from-file` often ends in a newline; only that goes
+    password = text.removesuffix("\n")
+    if not password:
+        # a Secret that came out empty would surface later as a puzzling NOAUTH
+        raise RedisConfigError(f"{setting}: {path} is empty")
+    return password
+
+
+def redis_passwords(settings: Settings) -> tuple[str | None, str | None]:
+    """The Redis password and the Sentinels' password. A ``*_FILE`` setting wins over the
+    plain one; its file is read on every call, so each new client sees a rotated Secret
+    (a client already built keeps the password it read)."""
+    password = settings.redis_password
+    if settings.redis_password_file is not None:
+        password = _read_password(settings.redis_password_file, "HERD_REDIS_PASSWORD_FILE")
+    secret = settings.redis_sentinel_password
+    sentinel_password = None if secret is None else secret.get_secret_value()
+    if settings.redis_sentinel_password_file is not None:
+        sentinel_password = _read_password(
+            settings.redis_sentinel_password_file, "HERD_REDIS_SENTINEL_PASSWORD_FILE"
+        )
+    return password, sentinel_password
 
 
 class _SentinelMaster(Redis):
@@ -47,7 +83,9 @@ def sentinel_addresses(settings: Settings) -> list[tuple[str, int]]:
 
 def connect(settings: Settings, *, pubsub: bool = False) -> Redis:
     """A client for the master the Sentinels name (``HERD_REDIS_SENTINELS``), else for
-    ``HERD_REDIS_URL``. A pub/sub client waits for messages indefinitely."""
+    ``HERD_REDIS_URL``. A pub/sub client waits for messages indefinitely. Raises
+    RedisConfigError if a password file cannot be read."""
+    password, sentinel_password = redis_passwords(settings)
     options: dict[str, Any] = {
         "socket_timeout": None if pubsub else SOCKET_TIMEOUT_S,
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
@@ -59,14 +97,13 @@ def connect(settings: Settings, *, pubsub: bool = False) -> Redis:
         "health_check_interval": 15 if pubsub else 0,
     }
     if settings.redis_sentinels:
-        secret = settings.redis_sentinel_password
         sentinels = Sentinel(  # type: ignore[no-untyped-call]
             sentinel_addresses(settings),
             # a Sentinel that does not answer soon is skipped for the next one
             sentinel_kwargs={
                 "socket_timeout": CONNECT_TIMEOUT_S,
                 "socket_connect_timeout": CONNECT_TIMEOUT_S,
-                "password": None if secret is None else secret.get_secret_value(),
+                "password": sentinel_password,
             },
         )
         return cast(
@@ -74,14 +111,14 @@ def connect(settings: Settings, *, pubsub: bool = False) -> Redis:
             sentinels.master_for(
                 settings.redis_sentinel_master,
                 redis_class=_SentinelMaster,
-                password=settings.redis_password,
+                password=password,
                 **options,
             ),
         )
     if settings.redis_url is None:
         raise RuntimeError("neither HERD_REDIS_URL nor HERD_REDIS_SENTINELS is set")
     client: Redis = Redis.from_url(settings.redis_url, **options)
-    if settings.redis_password is not None:
+    if password is not None:
         # the setting wins over a password in the URL (it comes from a Secret)
-        client.connection_pool.connection_kwargs["password"] = settings.redis_password
+        client.connection_pool.connection_kwargs["password"] = password
     return client

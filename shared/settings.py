@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     redis_password: str | None = Field(
         None, description="Password for Redis; overrides one in the URL (keep it out of the URL)."
     )
+    redis_password_file: Path | None = Field(
+        None,
+        description=(
+            "A file holding the Redis password (a mounted Secret; one trailing newline is "
+            "dropped). Wins over HERD_REDIS_PASSWORD; read at each new client."
+        ),
+    )
     redis_sentinels: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description=(
@@ -40,6 +47,12 @@ class Settings(BaseSettings):
     )
     redis_sentinel_password: SecretStr | None = Field(
         None, description="Password for the Sentinels themselves (HERD_REDIS_PASSWORD: the data)."
+    )
+    redis_sentinel_password_file: Path | None = Field(
+        None,
+        description=(
+            "A file holding the Sentinels' password; wins over HERD_REDIS_SENTINEL_PASSWORD."
+        ),
     )
     host: Annotated[HostAddress, NoDecode] = Field(
         default_factory=lambda: parse_host(""),

@@ -4,8 +4,18 @@ from tiny GGUFs, run by uvicorn on a free port in the test's event loop.
 ``GET /v2/<ns>/<model>/manifests/<tag>`` answers a manifest; ``GET …/blobs/<digest>``
 redirects (307) to ``/data/<digest>``, which serves the bytes with ``Range`` support
 (``ranges=False``: a server that ignores it). ``fail_once[digest] = n`` drops the connection
-of the next response of that blob after ``n`` bytes; ``delay_s`` slows every 64 KiB chunk.
+of the next response of that blob after ``n`` bytes; ``delay_s`` slows every 64 KiB chunk
+(and every chunk of an upload's body).
 It counts what it served (bytes per blob, manifest requests, ranges asked).
+
+Pushes: ``HEAD …/blobs/<digest>`` (200 if held, else 404), ``POST …/blobs/uploads/`` (202
+with a ``Location`` that carries its own query, as registries' upload state does), ``PUT
+<location>&digest=<digest>`` (the body hashed and checked against the digest: 400
+``DIGEST_INVALID`` if it differs) and ``PUT …/manifests/<tag>`` (the Docker v2 media type
+and every blob it names present, else 400). With ``token`` set, each of those writes
+without ``Authorization: Bearer <token>`` is a 401, as a registry that wants a login answers.
+It records what was uploaded (bytes and ``Content-Length`` per digest) and the manifests'
+``Content-Type``.
 """
 
 from __future__ import annotations
@@ -14,11 +24,13 @@ import asyncio
 import contextlib
 import hashlib
 import re
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import gguf
 import numpy as np
@@ -28,6 +40,7 @@ from starlette.types import Receive, Scope, Send
 
 from cli.ports import free_port
 from shared.store import Config, Layer, Manifest, MediaType
+from shared.store.manifest import MANIFEST_MEDIA_TYPE
 
 CHUNK = 64 * 1024
 
@@ -71,6 +84,11 @@ class Registry:
     manifest_requests: Counter[str] = field(default_factory=Counter)
     range_starts: dict[str, list[int]] = field(default_factory=dict)
     url: str = ""
+    token: str | None = None
+    uploaded: Counter[str] = field(default_factory=Counter)  # digest -> bytes received
+    upload_lengths: dict[str, str | None] = field(default_factory=dict)  # Content-Length
+    manifest_types: dict[str, str | None] = field(default_factory=dict)  # key -> Content-Type
+    _uploads: set[str] = field(default_factory=set)  # open upload ids
 
     def add_model(self, name: str, gguf_bytes: bytes, *, template: str = "{{ .Prompt }}") -> Model:
         """``name`` (``ns/model:tag``) with a GGUF, a template layer and a config."""
@@ -95,7 +113,10 @@ class Registry:
             await send({"type": "lifespan.shutdown.complete"})
             return
         path: str = scope["path"]
+        method: str = scope["method"]
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        if method in ("POST", "PUT", "PATCH"):
+            return await self._write(scope, receive, send, headers)
         if found := re.fullmatch(r"/v2/([^/]+)/([^/]+)/manifests/([^/]+)", path):
             key = f"{found[1]}/{found[2]}:{found[3]}"
             self.manifest_requests[key] += 1
@@ -103,11 +124,56 @@ class Registry:
                 return await _plain(send, 404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
             return await _plain(send, 200, self.manifests[key])
         if found := re.fullmatch(r"/v2/[^/]+/[^/]+/blobs/(sha256:[0-9a-f]{64})", path):
+            if method == "HEAD":
+                return await _plain(send, 200 if found[1] in self.blobs else 404, b"")
             location = f"/data/{found[1]}".encode()
             return await _plain(send, 307, b"", [(b"location", location)])
         if (found := re.fullmatch(r"/data/(sha256:[0-9a-f]{64})", path)) and found[1] in self.blobs:
             return await self._data(send, found[1], headers.get("range"))
         await _plain(send, 404, b"not found")
+
+    async def _write(
+        self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str]
+    ) -> None:
+        """The push side: open an upload, finish it with the blob, put a manifest."""
+        path: str = scope["path"]
+        if self.token is not None and headers.get("authorization") != f"Bearer {self.token}":
+            challenge = (b"www-authenticate", b'Bearer realm="fixture",service="fixture"')
+            body = b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}'
+            return await _plain(send, 401, body, [challenge])
+        repo = r"/v2/([^/]+)/([^/]+)"
+        if scope["method"] == "POST" and re.fullmatch(f"{repo}/blobs/uploads/", path):
+            upload = uuid.uuid4().hex
+            self._uploads.add(upload)
+            location = f"{path}{upload}?_state=s{upload[:8]}".encode()
+            return await _plain(send, 202, b"", [(b"location", location)])
+        found = re.fullmatch(f"{repo}/blobs/uploads/([0-9a-f]{{32}})", path)
+        if scope["method"] == "PUT" and found and found[3] in self._uploads:
+            query = parse_qs(scope["query_string"].decode())
+            assert query.get("_state") == [f"s{found[3][:8]}"], query  # its own query kept
+            digest = query["digest"][0]
+            data = await _body(receive, self.delay_s)
+            self.uploaded[digest] += len(data)
+            self.upload_lengths[digest] = headers.get("content-length")
+            if digest_of(data) != digest:
+                return await _plain(send, 400, b'{"errors":[{"code":"DIGEST_INVALID"}]}')
+            self._uploads.discard(found[3])
+            self.blobs[digest] = data
+            where = f"/v2/{found[1]}/{found[2]}/blobs/{digest}".encode()
+            return await _plain(send, 201, b"", [(b"location", where)])
+        found = re.fullmatch(f"{repo}/manifests/([^/]+)", path)
+        if scope["method"] == "PUT" and found:
+            key = f"{found[1]}/{found[2]}:{found[3]}"
+            raw = await _body(receive)
+            self.manifest_types[key] = headers.get("content-type")
+            if headers.get("content-type") != MANIFEST_MEDIA_TYPE:
+                return await _plain(send, 400, b'{"errors":[{"code":"MANIFEST_INVALID"}]}')
+            manifest = Manifest.read(raw)
+            if any(layer.digest not in self.blobs for layer in manifest.blobs()):
+                return await _plain(send, 400, b'{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN"}]}')
+            self.manifests[key] = raw
+            return await _plain(send, 201, b"")
+        await _plain(send, 404, b'{"errors":[{"code":"NAME_UNKNOWN"}]}')
 
     async def _data(self, send: Send, digest: str, wanted: str | None) -> None:
         data = self.blobs[digest]
@@ -138,6 +204,17 @@ class Registry:
             sent += len(piece)
             await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+
+
+async def _body(receive: Receive, delay_s: float = 0.0) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        message = await receive()
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
 
 
 async def _plain(

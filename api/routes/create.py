@@ -273,7 +273,17 @@ async def _progress(
     await asyncio.to_thread(_write, store, plan.name, manifest)
     await state.aliases.release(plan.name)
     await modelstore.changed(state.redis)
+    written = await asyncio.to_thread(store.get, plan.name)
+    if written is not None:  # success once a worker serves it: `show` and `run` work at once
+        await modelstore.served(
+            state.registry, written.name, written.digest, within_s=_serve_wait(state)
+        )
     yield {"status": "success"}
+
+
+def _serve_wait(state: AppState) -> float:
+    """Long enough for every worker's next heartbeat (each rescans the store then)."""
+    return 2 * state.settings.heartbeat_interval_s + 1
 
 
 @router.post("/api/create")

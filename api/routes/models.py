@@ -85,9 +85,12 @@ async def copy(request: Request, state: StateDep, aliases: AliasesDep) -> Respon
     if store is not None:  # an alias of a store model copies the model itself
         stored = await asyncio.to_thread(store.get, await aliases.target(source) or source)
     if store is not None and stored is not None:
-        await asyncio.to_thread(store.copy, stored.name, destination)
+        copied = await asyncio.to_thread(store.copy, stored.name, destination)
         await aliases.release(destination)
         await modelstore.changed(state.redis)
+        if copied is not None:  # answered once a worker serves the copy, as Ollama's is
+            wait_s = 2 * state.settings.heartbeat_interval_s + 1
+            await modelstore.served(state.registry, copied.name, copied.digest, within_s=wait_s)
     elif not await aliases.copy(source, destination):
         raise ModelNotFound(f"model {gofmt.quote(body.source)} not found")
     return Response(status_code=200)  # Ollama answers with an empty body

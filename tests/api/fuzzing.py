@@ -117,7 +117,6 @@ SEEDS: dict[tuple[str, str], list[dict[str, Any]]] = {
     ],
     ("POST", "/api/copy"): [{"source": SERVED, "destination": SPARE[0]}],
     ("DELETE", "/api/delete"): [{"model": SPARE[0]}, {"name": SPARE[1]}],
-    ("POST", "/api/push"): [{"model": "me/llama3.2", "stream": False}],
     ("POST", "/api/create"): [{"model": "mine", "from": SERVED, "system": "s", "stream": False}],
     ("POST", "/v1/chat/completions"): [
         {"model": SERVED, "messages": USER, "max_tokens": 3},
@@ -306,9 +305,10 @@ def _fill(path: str, rng: random.Random) -> str:
     return path
 
 
-#: Routes left out: a pull answers 500 with its registry's error (Ollama's contract) and would
-#: reach for a real registry; tests/api/test_pull.py tests it against a registry fixture.
-UNFUZZED = {("POST", "/api/pull")}
+#: Routes left out: a pull or a push answers 500 with its registry's error (Ollama's contract)
+#: and would reach for a real registry (a push of a store model to registry.ollama.ai);
+#: tests/api/test_pull.py and test_push.py test them against a registry fixture.
+UNFUZZED = {("POST", "/api/pull"), ("POST", "/api/push")}
 
 
 def probes(seed: int, routes: list[tuple[str, str]] | None = None) -> Iterator[Probe]:

@@ -1,21 +1,31 @@
 """The official ``ollama`` npm package (0.6.x) under Node against a running Herd.
 
 ``client.mjs`` runs chat (streamed and not), generate, list, show, embed, version and an
-unknown model, and prints what it saw as one JSON line. The package is installed once into
-``tests/clients/js/node_modules`` (git-ignored) and reused on later runs.
+unknown model, and prints what it saw as one JSON line. ``models.mjs`` manages models against
+a ``herd serve`` with a store of its own: pull from ``tests.registry``, create, push, delete.
+The package is installed once into ``tests/clients/js/node_modules`` (git-ignored) and reused
+on later runs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cli.ports import free_port
+from tests.cli.test_main import _env, _stopped
+from tests.cli.test_serve_pull import _up
 from tests.clients.cluster import TOOLS_MODEL
+from tests.registry import Registry, host_of, serving, tiny_gguf
 
 JS_DIR = Path(__file__).parent / "js"
 
@@ -92,3 +102,43 @@ def test_unknown_model_is_a_response_error_with_the_json_message(seen: dict[str,
     # ollama-js reads the JSON `error` only when the Content-Type says application/json
     for key in ("unknownModel", "unknownModelStreamed"):
         assert seen[key] == {"thrown": "model 'nope:1b' not found", "status": 404}, key
+
+
+async def test_pull_create_push_delete(node_client: Path, tmp_path: Path) -> None:
+    """Each streamed call ends with ``success`` (ollama-js throws otherwise); the pushed
+    model is on the registry with the digest Herd listed for it."""
+    registry = Registry()
+    registry.add_model("library/tiny:latest", tiny_gguf(tmp_path / "t.gguf", weights=4096))
+    port = free_port()
+    env = _env(HERD_HOST=f"127.0.0.1:{port}", HERD_MODELS_DIR=str(tmp_path / "store"))
+    async with serving(registry):
+        command = [sys.executable, "-m", "cli", "serve"]
+        serve = await asyncio.to_thread(subprocess.Popen, command, env=env)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            await _up(base, serve)
+            script = node_client.parent / "models.mjs"
+            # in a thread: the registry answers from this event loop meanwhile
+            done = await asyncio.to_thread(
+                subprocess.run,
+                ["node", str(script), base, host_of(registry)],
+                capture_output=True,
+                text=True,
+                timeout=90,
+            )
+        finally:
+            serve.send_signal(signal.SIGINT)
+            assert await asyncio.to_thread(_stopped, serve) == 0
+    assert done.returncode == 0, done.stderr
+    seen: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    pull, create, push = seen["pull"], seen["create"], seen["push"]
+    assert isinstance(pull, list) and pull[0] == "pulling manifest" and pull[-1] == "success", pull
+    assert isinstance(create, list) and create[-2:] == ["writing manifest", "success"], create
+    assert seen["show"] == "Be brief."
+    assert isinstance(push, list) and push[0] == "retrieving manifest", push
+    assert push[-2:] == ["pushing manifest", "success"]
+    assert seen["pushNotStreamed"] == "success"
+    manifest = registry.manifests["library/tiny-brief:latest"]
+    assert seen["listed"] == hashlib.sha256(manifest).hexdigest()
+    assert seen["delete"] == "success" and seen["listedAfterDelete"] is False
+    assert "not found" in seen["pushDeleted"]["thrown"], seen["pushDeleted"]

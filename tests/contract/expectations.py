@@ -82,7 +82,6 @@ SERVED: list[Served] = [
 
 #: Routes of §2 Herd does not serve, and why (docs/compatibility.md shows these reasons).
 UNSERVED: dict[str, str] = {
-    "POST /api/push":         "not built: Herd pulls from registries but does not publish models",
     "GET /api/status":        "no ollama.com cloud integration",
     "POST /api/me":           "no ollama.com accounts",
     "POST /api/signout":      "no ollama.com accounts",
@@ -277,6 +276,9 @@ NATIVE: list[Case] = [
          f'destination "{BAD_NAME}" is invalid', "§6.8"),
     Case("copy-source-missing", "POST /api/copy", {"source": "nope", "destination": "x"}, 404,
          'model "nope" not found', "§6.8 §12.6"),
+    Case("push-empty-model", "POST /api/push", {"model": ""}, 400, "model is required", "§6.5"),
+    Case("push-invalid-name", "POST /api/push", {"model": BAD_NAME}, 400, "invalid model name",
+         "§6.5"),
     Case("delete-not-found", "DELETE /api/delete", {"model": "nope"}, 404,
          "model 'nope' not found", "§6.9 §12.6"),
     Case("delete-invalid-name", "DELETE /api/delete", {"model": BAD_NAME}, 400,

@@ -143,3 +143,39 @@ def container_port(ctr: Obj, port: int | str) -> int:
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in selector.items())
+
+
+def secret_file(workload: Obj, ctr: Obj, path: str) -> dict[str, str] | None:
+    """``{"name", "key"}`` of the Secret key that is the file at ``path`` in ``ctr`` (through a
+    ``secret`` or ``projected`` volume, mounted read-only without subPath); None if none is."""
+    volumes = {volume["name"]: volume for volume in pod_spec(workload).get("volumes", [])}
+    for mount in ctr.get("volumeMounts", []):
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        if not path.startswith(prefix) or not mount.get("readOnly") or "subPath" in mount:
+            continue
+        volume = volumes[mount["name"]]
+        if "secret" in volume:
+            given = volume["secret"]
+            sources = [{"secret": {"name": given["secretName"], "items": given.get("items")}}]
+        else:
+            sources = volume.get("projected", {}).get("sources", [])
+        relative = path.removeprefix(prefix)
+        for source in sources:
+            if "secret" not in source:
+                continue
+            items = source["secret"].get("items") or [{"key": relative, "path": relative}]
+            for item in items:
+                if item["path"] == relative:
+                    return {"name": source["secret"]["name"], "key": item["key"]}
+    return None
+
+
+def env_secret_file(workload: Obj, variable: str) -> dict[str, str] | None:
+    """The Secret key behind a ``*_FILE`` variable of the workload's container (None: unset)."""
+    ctr = container(workload)
+    entry = env_entries(ctr).get(variable)
+    if entry is None:
+        return None
+    found = secret_file(workload, ctr, entry["value"])
+    assert found is not None, f"{variable}={entry['value']} is no file of a mounted Secret"
+    return found

@@ -83,6 +83,23 @@ def local_mounts(ctr: Obj, workdir: Path) -> dict[str, Path]:
     return mounts
 
 
+def write_secret_files(rendered: Rendered, workload: Obj, ctr: Obj, workdir: Path) -> None:
+    """Write the files of the container's ``secret`` and ``projected`` Secret volumes into their
+    ``local_mounts`` directories, from the rendered Secrets, as the kubelet would."""
+    volumes = {volume["name"]: volume for volume in workload["spec"]["template"]["spec"]["volumes"]}
+    for mount in ctr.get("volumeMounts", []):
+        volume = volumes[mount["name"]]
+        if "secret" in volume:
+            given = volume["secret"]
+            sources = [{"secret": {"name": given["secretName"], "items": given["items"]}}]
+        else:
+            sources = volume.get("projected", {}).get("sources", [])
+        for source in sources:
+            for item in source.get("secret", {}).get("items", []):
+                value = rendered.secret_value(source["secret"]["name"], item["key"])
+                (workdir / mount["name"] / item["path"]).write_text(value)
+
+
 def translate_paths(text: str, mounts: dict[str, Path]) -> str:
     """Replace mount paths by their local directories, in one pass, whole path components only."""
     if not mounts:

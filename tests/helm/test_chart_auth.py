@@ -88,7 +88,9 @@ def test_the_rendered_api_enforces_both_sources(redis_url: str, tmp_path: Path) 
     workdir = tmp_path / "api"
     mounts = local_mounts(api_ctr, workdir)
     (mounts["/etc/herd/api-keys"] / "api-keys").write_text(f"ops:{FILE_KEY}:admin\n")
-    api = prepare(rendered, api_ctr, workdir, pod_name="herd-api-0", drop=("HERD_REDIS_PASSWORD",))
+    api = prepare(
+        rendered, api_ctr, workdir, pod_name="herd-api-0", drop=("HERD_REDIS_PASSWORD_FILE",)
+    )
     url = urlsplit(redis_url)._replace(path=f"/{DATABASE}")
     api.env["HERD_REDIS_URL"] = urlunsplit(url)
     with redis.Redis.from_url(api.env["HERD_REDIS_URL"]) as client:

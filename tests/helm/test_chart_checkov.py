@@ -41,6 +41,7 @@ from .chart import (
     merged_values,
     pod_spec,
     profile_values,
+    render,
     render_profile,
 )
 
@@ -72,15 +73,6 @@ SKIPPED: dict[str, str] = {
 #: (check id, kind, component) -> why that one workload fails that check. Each entry is
 #: narrowed further by ``_allowed_here``.
 ALLOWED: dict[tuple[str, str, str], str] = {
-    ("CKV_K8S_35", "Deployment", "api"): (
-        "secrets as env: Herd reads HERD_REDIS_PASSWORD and HERD_REDIS_SENTINEL_PASSWORD only "
-        "from its environment (shared/settings.py has no *_FILE form for them), and "
-        "api.auth.keys, the inline form, is HERD_API_KEYS (api.auth.existingSecret, the "
-        "recommended one, is the file HERD_API_KEYS_FILE); all come by secretKeyRef, never "
-        "inline (test_secrets_are_referenced_never_inlined), and "
-        "test_only_herds_own_settings_are_secret_env_vars keeps the list to those"
-    ),
-    ("CKV_K8S_35", "Deployment", "worker"): "secrets as env: as for the API (the Redis password)",
     ("CKV2_K8S_6", "Pod", "api"): (
         "pods without a NetworkPolicy: the API's is opt-in (api.networkPolicy.enabled), as only "
         "the user knows its clients (an ingress controller, a LoadBalancer's addresses, in-cluster "
@@ -98,8 +90,13 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ),
 }
 
-#: The env vars ALLOWED's CKV_K8S_35 entries stand for: Herd's settings with no file form.
-SECRET_ENV = frozenset({"HERD_REDIS_PASSWORD", "HERD_REDIS_SENTINEL_PASSWORD", "HERD_API_KEYS"})
+#: The one secret the chart may put in an env var (CKV_K8S_35): api.auth.keys, the inline form
+#: of API keys, as HERD_API_KEYS (by secretKeyRef). Redis passwords are files
+#: (HERD_REDIS_PASSWORD_FILE, HERD_REDIS_SENTINEL_PASSWORD_FILE), and so are keys from
+#: api.auth.existingSecret (HERD_API_KEYS_FILE). No profile sets api.auth.keys, so CKV_K8S_35
+#: passes on every one and ALLOWED has no entry for it; a release that sets api.auth.keys
+#: fails it, as it should (api.auth.existingSecret is the recommended form).
+SECRET_ENV = frozenset({"HERD_API_KEYS"})
 
 
 @dataclass(frozen=True)
@@ -302,7 +299,7 @@ def test_security_checks_are_never_excepted() -> None:
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_only_herds_own_settings_are_secret_env_vars(profile: str) -> None:
-    """What ALLOWED's CKV_K8S_35 entries cover: Herd settings with no file form, and only them."""
+    """Secrets in env vars (CKV_K8S_35): SECRET_ENV at most; Redis passwords are files."""
     rendered = render_profile(profile)
     for kind in ("Deployment", "StatefulSet"):
         for workload in rendered.of_kind(kind):
@@ -316,3 +313,27 @@ def test_only_herds_own_settings_are_secret_env_vars(profile: str) -> None:
     if rendered.of_kind("StatefulSet"):
         redis = container(rendered.component("StatefulSet", "redis"))
         assert "env" not in redis, "Redis reads its password from a mounted file"
+
+
+def test_only_inline_api_keys_are_a_secret_env_var() -> None:
+    """Every secret the values can supply at once: only api.auth.keys becomes an env var."""
+    rendered = render(
+        {
+            "api": {"auth": {"keys": ["app:k3y-value"], "existingSecret": "team-keys"}},
+            "redis": {"enabled": False},
+            "externalRedis": {
+                "existingSecret": "redis",
+                "sentinel": {"addresses": ["s-0:26379"], "existingSecret": "redis"},
+            },
+        }
+    )
+    for kind in ("Deployment", "StatefulSet"):
+        for workload in rendered.of_kind(kind):
+            for ctr in pod_spec(workload)["containers"]:
+                secret_env = {
+                    name
+                    for name, entry in env_entries(ctr).items()
+                    if "secretKeyRef" in entry.get("valueFrom", {})
+                }
+                expected = SECRET_ENV if workload["metadata"]["name"] == "herd-api" else set()
+                assert secret_env == expected, workload["metadata"]["name"]

@@ -17,6 +17,7 @@ from .chart import (
     container,
     container_port,
     env_entries,
+    env_secret_file,
     merged_values,
     pod_labels,
     pod_spec,
@@ -123,8 +124,9 @@ def test_keda_scales_workers_on_each_models_stream(profile: str) -> None:
     )
     [port] = redis_service["spec"]["ports"]
     auth = rendered.get("TriggerAuthentication", triggers[0]["authenticationRef"]["name"])
-    api = container(rendered.component("Deployment", "api"))
-    password_ref = env_entries(api)["HERD_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    password_ref = env_secret_file(
+        rendered.component("Deployment", "api"), "HERD_REDIS_PASSWORD_FILE"
+    )
     for trigger in triggers:
         metadata = trigger["metadata"]
         assert metadata["consumerGroup"] == JOB_GROUP == "herd-workers"
@@ -183,13 +185,13 @@ def test_keda_asks_the_sentinels_for_the_master() -> None:
     assert metadata["databaseIndex"] == "0" and metadata["enableTLS"] == "false"
     assert metadata["consumerGroup"] == JOB_GROUP and "address" not in metadata
     auth = rendered.get("TriggerAuthentication", trigger["authenticationRef"]["name"])
-    api = container(rendered.component("Deployment", "api"))
+    api = rendered.component("Deployment", "api")
     refs = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
     for parameter, variable in [
-        ("password", "HERD_REDIS_PASSWORD"),
-        ("sentinelPassword", "HERD_REDIS_SENTINEL_PASSWORD"),
+        ("password", "HERD_REDIS_PASSWORD_FILE"),
+        ("sentinelPassword", "HERD_REDIS_SENTINEL_PASSWORD_FILE"),
     ]:
-        ref = env_entries(api)[variable]["valueFrom"]["secretKeyRef"]
+        ref = env_secret_file(api, variable)
         assert {"name": refs[parameter]["name"], "key": refs[parameter]["key"]} == ref
     # no Sentinel password: KEDA gets the data password only
     values = profile_values("sentinel")
@@ -203,23 +205,26 @@ def test_sentinels_replace_the_url() -> None:
     sentinel = merged_values("sentinel")["externalRedis"]["sentinel"]
     assert not rendered.of_kind("StatefulSet")
     for component in ("api", "worker"):
-        env = env_entries(container(rendered.component("Deployment", component)))
+        workload = rendered.component("Deployment", component)
+        env = env_entries(container(workload))
         assert "HERD_REDIS_URL" not in env, "Herd would not use it"
         assert env["HERD_REDIS_SENTINELS"]["value"] == ",".join(sentinel["addresses"])
         assert env["HERD_REDIS_SENTINEL_MASTER"]["value"] == sentinel["masterName"]
-        assert env["HERD_REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        assert env_secret_file(workload, "HERD_REDIS_SENTINEL_PASSWORD_FILE") == {
             "name": sentinel["existingSecret"],
             "key": sentinel["existingSecretPasswordKey"],
         }
     # the Sentinels' password is optional; the bundled Redis ignores externalRedis.sentinel
     values = profile_values("sentinel")
     values["externalRedis"]["sentinel"]["existingSecret"] = ""
-    assert "HERD_REDIS_SENTINEL_PASSWORD" not in env_entries(
-        container(render(values).component("Deployment", "worker"))
-    )
+    worker = render(values).component("Deployment", "worker")
+    assert "HERD_REDIS_SENTINEL_PASSWORD_FILE" not in env_entries(container(worker))
+    [auth] = [v for v in pod_spec(worker)["volumes"] if v["name"] == "redis-auth"]
+    assert [s["secret"]["items"][0]["path"] for s in auth["projected"]["sources"]] == ["password"]
     bundled = render({"externalRedis": {"sentinel": {"addresses": ["s:26379"]}}})
     env = env_entries(container(bundled.component("Deployment", "api")))
     assert "HERD_REDIS_URL" in env and "HERD_REDIS_SENTINELS" not in env
+    assert "HERD_REDIS_SENTINEL_PASSWORD_FILE" not in env
 
 
 def test_external_redis_replaces_the_bundled_one() -> None:
@@ -228,12 +233,39 @@ def test_external_redis_replaces_the_bundled_one() -> None:
     assert not rendered.of_kind("StatefulSet") and not rendered.of_kind("NetworkPolicy")
     assert not rendered.of_kind("Secret") and not rendered.of_kind("ConfigMap")
     assert _env(rendered, "api", "HERD_REDIS_URL") == values["externalRedis"]["url"]
-    api = container(rendered.component("Deployment", "api"))
-    ref = env_entries(api)["HERD_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    ref = env_secret_file(rendered.component("Deployment", "api"), "HERD_REDIS_PASSWORD_FILE")
     assert ref == {
         "name": values["externalRedis"]["existingSecret"],
         "key": values["externalRedis"]["existingSecretPasswordKey"],
     }
+    # no password: nothing to mount
+    values = profile_values("external-redis")
+    values["externalRedis"]["existingSecret"] = ""
+    for component in ("api", "worker"):
+        workload = render(values).component("Deployment", component)
+        assert "HERD_REDIS_PASSWORD_FILE" not in env_entries(container(workload))
+        assert "redis-auth" not in {v["name"] for v in pod_spec(workload)["volumes"]}
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_redis_passwords_are_read_only_files_for_the_pods_group(profile: str) -> None:
+    """Mounted, never env vars: root-owned 0440 files the container reads through its fsGroup
+    (a Secret volume's files are root's, so 0400 would lock the container user out)."""
+    values = merged_values(profile)
+    for component in ("api", "worker"):
+        workload = render_profile(profile).component("Deployment", component)
+        volumes = {v["name"]: v for v in pod_spec(workload)["volumes"]}
+        env = env_entries(container(workload))
+        if "HERD_REDIS_PASSWORD_FILE" not in env and "HERD_REDIS_SENTINEL_PASSWORD_FILE" not in env:
+            assert "redis-auth" not in volumes
+            continue
+        assert volumes["redis-auth"]["projected"]["defaultMode"] == 0o440
+        security = pod_spec(workload)["securityContext"]
+        # the group the kubelet gives the files, and the container's supplementary group
+        assert security["fsGroup"] == values[component]["podSecurityContext"]["fsGroup"]
+        assert security["runAsUser"] != 0 and security["runAsNonRoot"]
+        [mount] = [m for m in container(workload)["volumeMounts"] if m["name"] == "redis-auth"]
+        assert mount["readOnly"] and "subPath" not in mount  # subPath: never updated
 
 
 @pytest.mark.parametrize("profile", [p for p in PROFILES if merged_values(p)["redis"]["enabled"]])

@@ -23,7 +23,16 @@ from cli.embedded import redis_server_binary
 from cli.ports import free_port
 
 from .chart import Obj, container, env_entries, render, render_profile
-from .localrun import local_mounts, prepare, running, start, stop, translate_paths, wait_status
+from .localrun import (
+    local_mounts,
+    prepare,
+    running,
+    start,
+    stop,
+    translate_paths,
+    wait_status,
+    write_secret_files,
+)
 
 #: A database of its own on the session's redis-server, so no other test sees these workers.
 DATABASE = 11
@@ -51,11 +60,11 @@ def test_api_and_worker_serve_a_chat(redis_url: str, tmp_path: Path) -> None:
     worker_ctr = container(rendered.component("Deployment", "worker"))
     assert env_entries(api_ctr)["HERD_REDIS_URL"]["value"].startswith("redis://herd-redis:")
     # The session's redis-server stands in for the Redis Service. It has no password, so the
-    # chart's HERD_REDIS_PASSWORD is left out here; test_bundled_redis_… runs it with one.
+    # chart's HERD_REDIS_PASSWORD_FILE is left out here; test_bundled_redis_… runs it with one.
     url = _with_database(redis_url, DATABASE)
     with redis.Redis.from_url(url) as client:
         client.flushdb()
-    drop = ("HERD_REDIS_PASSWORD",)
+    drop = ("HERD_REDIS_PASSWORD_FILE",)
     api = prepare(rendered, api_ctr, tmp_path / "api", pod_name="herd-api-0", drop=drop)
     worker = prepare(rendered, worker_ctr, tmp_path / "worker", pod_name="herd-worker-0", drop=drop)
     for pod in (api, worker):
@@ -111,14 +120,18 @@ def test_bundled_redis_runs_with_the_secret_and_api_authenticates(tmp_path: Path
     assert not any(password in value for value in server.env.values())
     assert (mounts["/etc/redis-auth"] / "password").read_text() == password
 
-    api_ctr = container(rendered.component("Deployment", "api"))
+    api_deployment = rendered.component("Deployment", "api")
+    api_ctr = container(api_deployment)
     api = prepare(rendered, api_ctr, tmp_path / "api", pod_name="herd-api-0")
+    write_secret_files(rendered, api_deployment, api_ctr, tmp_path / "api")
     chart_url = urlsplit(api.env["HERD_REDIS_URL"])
     assert chart_url.hostname == statefulset["metadata"]["name"]
     assert chart_url.port == bundled_redis_port
     # The Service's DNS name does not resolve here; the port and the password stay the chart's.
     api.env["HERD_REDIS_URL"] = urlunsplit(chart_url._replace(netloc=f"127.0.0.1:{chart_url.port}"))
-    assert api.env["HERD_REDIS_PASSWORD"] == password
+    # The API reads it from a file of the same Secret too, never from its environment.
+    assert not any(password in value for value in api.env.values())
+    assert Path(api.env["HERD_REDIS_PASSWORD_FILE"]).read_text() == password
 
     redis_bin = Path(redis_server_binary()).parent
     with running(server, api):

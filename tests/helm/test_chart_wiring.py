@@ -21,10 +21,12 @@ from .chart import (
     container,
     container_port,
     env_entries,
+    env_secret_file,
     merged_values,
     pod_labels,
     pod_spec,
     render_profile,
+    secret_file,
     selects,
 )
 
@@ -222,7 +224,7 @@ def test_secrets_are_referenced_never_inlined(profile: str) -> None:
             for entry in ctr.get("env", []):
                 if "value" in entry and entry["name"].endswith("_FILE"):
                     # a path, to a file of a mounted Secret
-                    assert _on_a_secret_volume(pod_spec(workload), ctr, entry["value"])
+                    assert secret_file(workload, ctr, entry["value"]) is not None, entry["name"]
                 elif "value" in entry:
                     assert not any(s in str(entry["value"]) for s in secret_values), entry["name"]
                     assert not any(word in entry["name"] for word in SENSITIVE), entry["name"]
@@ -239,35 +241,31 @@ def test_secrets_are_referenced_never_inlined(profile: str) -> None:
             assert "envFrom" not in ctr
 
 
-def _on_a_secret_volume(spec: Obj, ctr: Obj, path: str) -> bool:
-    secret_volumes = {v["name"] for v in spec["volumes"] if "secret" in v}
-    return any(
-        mount["name"] in secret_volumes and path.startswith(mount["mountPath"].rstrip("/") + "/")
-        for mount in ctr.get("volumeMounts", [])
-    )
-
-
 @pytest.mark.parametrize("profile", PROFILES)
 def test_api_and_workers_share_one_redis_and_its_password(profile: str) -> None:
     rendered = render_profile(profile)
-    api, worker = (ctr for _, ctr in _herd_containers(rendered))
-    names = ("URL", "PASSWORD", "SENTINELS", "SENTINEL_MASTER", "SENTINEL_PASSWORD")
+    api, worker = (rendered.component("Deployment", c) for c in ("api", "worker"))
+    names = ("URL", "PASSWORD_FILE", "SENTINELS", "SENTINEL_MASTER", "SENTINEL_PASSWORD_FILE")
     for name in (f"HERD_REDIS_{name}" for name in names):
-        assert env_entries(api).get(name) == env_entries(worker).get(name)
-    if "HERD_REDIS_SENTINELS" in env_entries(api):
-        assert "HERD_REDIS_URL" not in env_entries(api)
+        assert env_entries(container(api)).get(name) == env_entries(container(worker)).get(name)
+    for name in ("HERD_REDIS_PASSWORD_FILE", "HERD_REDIS_SENTINEL_PASSWORD_FILE"):
+        # the same key of the same Secret, as a file of each pod
+        assert env_secret_file(api, name) == env_secret_file(worker, name)
+    for workload in (api, worker):
+        env = env_entries(container(workload))
+        assert "HERD_REDIS_PASSWORD" not in env and "HERD_REDIS_SENTINEL_PASSWORD" not in env
+    if "HERD_REDIS_SENTINELS" in env_entries(container(api)):
+        assert "HERD_REDIS_URL" not in env_entries(container(api))
         return
-    url = env_entries(api)["HERD_REDIS_URL"]["value"]
+    url = env_entries(container(api))["HERD_REDIS_URL"]["value"]
     assert "@" not in url, "no credentials in the URL"
     if rendered.of_kind("StatefulSet"):
         statefulset = rendered.component("StatefulSet", "redis")
-        password_ref = env_entries(api)["HERD_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        password_ref = env_secret_file(api, "HERD_REDIS_PASSWORD_FILE")
         # Redis reads the same key of the same Secret, as a file (no secret in its env)
-        [auth] = [v["secret"] for v in pod_spec(statefulset)["volumes"] if "secret" in v]
-        assert auth["secretName"] == password_ref["name"]
-        assert auth["items"] == [{"key": password_ref["key"], "path": "password"}]
-        assert _on_a_secret_volume(
-            pod_spec(statefulset), container(statefulset), "/etc/redis-auth/password"
+        assert password_ref is not None
+        assert secret_file(statefulset, container(statefulset), "/etc/redis-auth/password") == (
+            password_ref
         )
         assert "env" not in container(statefulset)
         service = rendered.get(

@@ -172,7 +172,9 @@ def test_a_gguf_without_a_template_chats_in_its_familys_turns() -> None:
     gets Gemma's turns and end token, not a raw prompt."""
     created = ModelSpec(name="pirate:latest", path=default_model().path, system="Arr.")
     desc = describe(created)
-    rendered = desc.template.render([ChatMessage(role="user", content="Where is it?")])
+    rendered = desc.template.render(
+        [ChatMessage(role="user", content="Where is it?")], tools=None, think=None
+    )
     assert (
         rendered.prompt == "<start_of_turn>user\nWhere is it?<end_of_turn>\n<start_of_turn>model\n"
     )

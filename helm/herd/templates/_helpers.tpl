@@ -153,8 +153,67 @@ Return the key of the Redis password in its Secret.
 {{- end }}
 
 {{/*
-Return the env entries every Herd process gets: Redis (the password only by reference) and the
-shared settings.
+Return the Secret holding the Sentinels' own password, or "" when Herd uses no Sentinels or they
+have no password.
+*/}}
+{{- define "herd.redis.sentinelSecretName" -}}
+{{- if include "herd.redis.sentinel" . }}
+{{- .Values.externalRedis.sentinel.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return "true" when API and worker pods mount Redis passwords (herd.redis.authVolume).
+*/}}
+{{- define "herd.redis.auth" -}}
+{{- if or (include "herd.redis.secretName" .) (include "herd.redis.sentinelSecretName" .) }}true{{- end }}
+{{- end }}
+
+{{/*
+Return the directory of the Redis password files in API and worker pods.
+*/}}
+{{- define "herd.redis.authDir" -}}
+/etc/herd/redis-auth
+{{- end }}
+
+{{/*
+Return the API's and workers' volume of Redis passwords: `password` (the data password) and
+`sentinel-password`, each from its Secret. Files, never env vars (checkov's CKV_K8S_35): 0440,
+owned by root and readable through the pods' fsGroup (the container user owns no Secret file).
+*/}}
+{{- define "herd.redis.authVolume" -}}
+- name: redis-auth
+  projected:
+    defaultMode: 0440
+    sources:
+      {{- if include "herd.redis.secretName" . }}
+      - secret:
+          name: {{ include "herd.redis.secretName" . }}
+          items:
+            - key: {{ include "herd.redis.secretKey" . }}
+              path: password
+      {{- end }}
+      {{- if include "herd.redis.sentinelSecretName" . }}
+      - secret:
+          name: {{ include "herd.redis.sentinelSecretName" . }}
+          items:
+            - key: {{ .Values.externalRedis.sentinel.existingSecretPasswordKey }}
+              path: sentinel-password
+      {{- end }}
+{{- end }}
+
+{{/*
+Return the mount of herd.redis.authVolume (no subPath: a rotated Secret reaches the files).
+*/}}
+{{- define "herd.redis.authMount" -}}
+- name: redis-auth
+  mountPath: {{ include "herd.redis.authDir" . }}
+  readOnly: true
+{{- end }}
+
+{{/*
+Return the env entries every Herd process gets: Redis (passwords as files of
+herd.redis.authVolume, never values) and the shared settings.
 */}}
 {{- define "herd.commonEnv" -}}
 {{- if include "herd.redis.sentinel" . }}
@@ -164,24 +223,18 @@ shared settings.
   value: {{ join "," .addresses | quote }}
 - name: HERD_REDIS_SENTINEL_MASTER
   value: {{ .masterName | quote }}
-{{- if .existingSecret }}
-- name: HERD_REDIS_SENTINEL_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ .existingSecret }}
-      key: {{ .existingSecretPasswordKey }}
 {{- end }}
+{{- if include "herd.redis.sentinelSecretName" . }}
+- name: HERD_REDIS_SENTINEL_PASSWORD_FILE
+  value: {{ printf "%s/sentinel-password" (include "herd.redis.authDir" .) | quote }}
 {{- end }}
 {{- else }}
 - name: HERD_REDIS_URL
   value: {{ include "herd.redis.url" . | quote }}
 {{- end }}
 {{- if include "herd.redis.secretName" . }}
-- name: HERD_REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "herd.redis.secretName" . }}
-      key: {{ include "herd.redis.secretKey" . }}
+- name: HERD_REDIS_PASSWORD_FILE
+  value: {{ printf "%s/password" (include "herd.redis.authDir" .) | quote }}
 {{- end }}
 - name: HERD_LOG_FORMAT
   value: {{ .Values.config.logFormat | quote }}
