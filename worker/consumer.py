@@ -485,6 +485,8 @@ class Worker:
             await self._rescan_store_once()
 
     async def _rescan_store_once(self) -> None:
+        if self.settings.models_dir is None:
+            return  # no store here: another's writes change nothing this worker serves
         version = await self._client.get(keys.STORE_VERSION)
         if version == self._store_version or self._stopping.is_set():
             return

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import cast
 
 import pytest
 from redis.asyncio import Redis
@@ -20,9 +21,9 @@ from tests.conftest import WorkerFactory, make_job, run_job
 from tests.polling import until
 from tests.store_models import add_model
 from tests.worker.test_llama_engine_tiny import job, prompt_of, run, write_tiny_llama
-from worker.fake_engine import REPLY
+from worker.fake_engine import REPLY, FakeEngine
 from worker.llama.engine import LlamaEngine
-from worker.model_files import discover
+from worker.model_files import ModelSpec, discover
 from worker.prompts.template import job_messages
 
 TEMPLATE = (
@@ -139,6 +140,19 @@ async def test_a_worker_follows_the_store(
     assert "first:latest" not in {m.name for m in running.engine.models()}
     # it was loaded and idle: unloaded
     await until(lambda: "first:latest" not in running.residency.resident(), timeout_s=5)
+
+
+async def test_a_worker_without_a_store_keeps_its_models_when_others_write_one(
+    worker: WorkerFactory, redis: Redis, gguf_file: Path
+) -> None:
+    """Another process's store write bumps the version for all; a worker with no store (its
+    engine given its models) has nothing to rescan and must not lose them."""
+    engine = LlamaEngine([ModelSpec(name="given:1", path=gguf_file)], n_ctx=256, n_gpu_layers=0)
+    running = await worker(engine=cast(FakeEngine, engine))
+    await bump_store_version(redis)
+    await asyncio.sleep(0.6)  # three heartbeats
+    assert [m.name for m in running.engine.models()] == ["given:1"]
+    assert keys.job_stream("given:1") in running.streams
 
 
 def test_modelfile_messages_as_ollama_adds_them() -> None:
