@@ -107,6 +107,9 @@ class Worker:
         self._running: set[str] = set()
         #: What the drain knows of each running job, by stream entry.
         self._handoffs: dict[str, drain.Handoff] = {}
+        #: Entries the drain gave back (stream, new id): the advert stands until others
+        #: took them (or half the grace passed), so their clients wait for the next attempt.
+        self._given_back: list[tuple[str, str]] = []
         self._stopping = asyncio.Event()
         #: The claim's blocking read: its own connection, so it can be unblocked.
         self._reader = Redis(connection_pool=client.connection_pool, single_connection_client=True)
@@ -295,6 +298,28 @@ class Worker:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        await self._until_taken(max(end, time.monotonic() + drain.SETTLE_S))
+
+    async def _until_taken(self, deadline: float) -> None:
+        """Wait (until ``deadline``, monotonic) for other workers to claim what this one gave
+        back: while its advert stands, the API waits for their attempt rather than calling
+        the worker lost, even for a model no other worker had loaded yet."""
+        waiting = list(self._given_back)
+        while waiting and time.monotonic() < deadline:
+            still: list[tuple[str, str]] = []
+            for stream, entry_id in waiting:
+                with contextlib.suppress(RedisError, OSError):
+                    owned = await self._client.xpending_range(
+                        stream, keys.JOB_GROUP, entry_id, entry_id, 1
+                    )
+                    if owned or not await self._client.xrange(stream, entry_id, entry_id):
+                        continue  # claimed, or done already
+                still.append((stream, entry_id))
+            waiting = still
+            if waiting:
+                await asyncio.sleep(drain.TAKEN_POLL_S)
+        if waiting:
+            log.warning("drain_not_taken", entries=len(waiting))
 
     async def _claim_loop(self) -> None:
         models = self._models_by_stream
@@ -363,13 +388,15 @@ class Worker:
 
     async def _requeue(
         self, stream: str, entry_id: str, model: str, fields: dict[bytes, bytes]
-    ) -> None:
-        """Move an entry to the end of its model's stream, atomically (never run twice)."""
+    ) -> str:
+        """Move an entry to the end of its model's stream, atomically (never run twice);
+        returns its new entry id."""
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.xadd(keys.job_stream(model), fields)  # type: ignore[arg-type]
             pipe.xack(stream, keys.JOB_GROUP, entry_id)
             pipe.xdel(stream, entry_id)
-            await pipe.execute()
+            new_id, *_ = await pipe.execute()
+        return str(new_id.decode() if isinstance(new_id, bytes) else new_id)
 
     def _spawn(self, stream: str, entry_id: str, fields: dict[bytes, bytes], attempt: int) -> None:
         model = self._model_of(stream, fields)
@@ -427,7 +454,8 @@ class Worker:
         """Re-queue a job the drain stopped, on its model's stream, after ``attempt``."""
         model = self._model_of(stream, fields)
         again = {**fields, drain.ATTEMPTS_FIELD: str(attempt).encode(), drain.CAUSE_FIELD: b"drain"}
-        await self._requeue(stream, entry_id, model, again)
+        new_id = await self._requeue(stream, entry_id, model, again)
+        self._given_back.append((keys.job_stream(model), new_id))
         log.info("job_given_back", model=model, attempt=attempt)
 
     async def _beat(self) -> None:
@@ -527,8 +555,10 @@ class Worker:
             )
             for m in adverts
         }
-        for name in removed | changed:
+        for name in removed:
             self.residency.expire(name)  # once idle: a running answer finishes
+        for name in changed:
+            self.residency.replaced(name)  # the next job loads the new file
         log.info(
             "store_rescanned", added=sorted(added), removed=sorted(removed), changed=sorted(changed)
         )

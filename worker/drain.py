@@ -15,8 +15,9 @@ The rule, from SIGTERM, with ``grace`` = ``HERD_SHUTDOWN_GRACE_S``:
   format, thinking, logprobs), has until the grace ends, then fails with one error line.
 
 Handing back early leaves at least half the grace for the continuation to start elsewhere
-(a model load included) while this worker's advert still stands: the API waits for the
-next attempt instead of calling the worker lost. The advert says ``ready: false`` from
+(a model load included) while this worker's advert still stands: the drain keeps it until
+another worker claimed every job it gave back (or the grace ran out), so the API waits
+for the next attempt instead of calling the worker lost. The advert says ``ready: false`` from
 SIGTERM, so placement loads the model elsewhere and the API routes nothing here.
 
 A stream goes back between two of its outputs, never in the middle of a publish: its last
@@ -37,6 +38,8 @@ CAUSE_FIELD = b"cause"
 #: A stream asked to go back stops at its next output: at the grace's end it gets this
 #: long more rather than a cancel in the middle of a publish.
 SETTLE_S = 2.0
+#: How often a drain looks whether the jobs it gave back were claimed elsewhere.
+TAKEN_POLL_S = 0.1
 
 
 @dataclass

@@ -116,8 +116,10 @@ class JobRunner:
             outcome = exc.error_type.value
             await publisher.error(exc.error_type, exc.message)
         except asyncio.CancelledError:
-            if handoff.requested and not handoff.started:
-                outcome = "handed_off"  # it goes back before its first token
+            if handoff.requested and handoff.can_go():
+                # the grace ran out before its next output (a long prefill, a slow token):
+                # it still goes back, nothing reached the client past its progress record
+                outcome = "handed_off"
                 handoff.handed_off = True
                 raise
             outcome = "interrupted"

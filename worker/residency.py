@@ -64,6 +64,9 @@ class _Resident:
     epoch: int = 0
     #: Chosen to make room (or to reload): new jobs wait for the lock instead of attaching.
     closing: bool = False
+    #: Its file changed (a re-pull, a re-create): the next job loads the new one once the
+    #: answers running on this copy finish, replica policy or not.
+    stale: bool = False
     #: What it takes of the budget (``engine.memory_required`` for its options).
     memory: int = 0
     timer: asyncio.TimerHandle | None = None
@@ -124,7 +127,7 @@ class Residency:
         # compared in effect: an explicit default is not a change (and costs no reload)
         options = self._engine.effective_options(name, options)
         entry = self._models.get(name)
-        if entry is not None and not entry.closing and entry.options == options:
+        if entry is not None and not (entry.closing or entry.stale) and entry.options == options:
             self._attach(entry, duration)
             fresh = False
         else:
@@ -133,6 +136,14 @@ class Residency:
             yield fresh
         finally:
             self._release(entry)
+
+    def replaced(self, name: str) -> None:
+        """``name``'s file changed: running answers finish on the loaded copy, and the next
+        job swaps it for the new file. The copy stays until then, so this worker keeps
+        claiming the model's jobs (unloaded, it would wait for placement and its cooldown)."""
+        entry = self._models.get(name)
+        if entry is not None:
+            entry.stale = True
 
     def expire(self, name: str) -> None:
         """Unload ``name`` once idle (now, if it is), like a request with keep_alive 0."""
@@ -324,6 +335,13 @@ class Residency:
             while True:
                 changed = self._changed  # taken before the checks: no wake-up is lost
                 entry = self._models.get(name)
+                if entry is not None and entry.stale:
+                    if not entry.busy:  # its file changed: this load reads the new one
+                        await self._unload(entry, reason="replaced")
+                        continue
+                    entry.closing = True
+                    await changed.wait()
+                    continue
                 if entry is not None and entry.options == options:
                     break  # loaded meanwhile
                 if entry is not None and entry.busy:  # other options: reload once idle

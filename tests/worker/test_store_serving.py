@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.errors import ModelNotFound
-from shared.messages import ChatMessage, SamplingOptions
+from shared.messages import ChatMessage, ReplicaPolicy, SamplingOptions
 from shared.settings import Settings
 from shared.store import Store
 from shared.store.notify import bump_store_version
@@ -140,6 +140,30 @@ async def test_a_worker_follows_the_store(
     assert "first:latest" not in {m.name for m in running.engine.models()}
     # it was loaded and idle: unloaded
     await until(lambda: "first:latest" not in running.residency.resident(), timeout_s=5)
+
+
+async def test_a_changed_model_is_loaded_again_even_when_kept(
+    worker: WorkerFactory, redis: Redis, tmp_path: Path, gguf_file: Path
+) -> None:
+    """A re-pull or re-create changes a model's file: its next job loads the new one,
+    though a replica policy keeps the model loaded (it never expires)."""
+    store = Store(tmp_path)
+    add_model(store, "kept", gguf_file)
+    policy = ReplicaPolicy(min_replicas=1).model_dump_json()
+    await redis.hset(keys.POLICIES, "kept:latest", policy)  # type: ignore[misc]
+    running = await worker(models_dir=tmp_path, fake_models=["gemma3:270m"])
+    engine = cast(FakeEngine, running.engine)
+    await run_job(redis, make_job("kept:latest"))
+    loads = engine.history.count(("load", "kept:latest"))
+    assert loads >= 1
+
+    add_model(store, "kept", gguf_file, system="now with a system prompt")  # a new digest
+    await bump_store_version(redis)
+    await asyncio.sleep(0.6)  # three heartbeats: the worker rescanned
+    events = await run_job(redis, make_job("kept:latest"))
+    assert "".join(getattr(e, "text", "") for e in events) == REPLY
+    assert engine.history.count(("load", "kept:latest")) == loads + 1
+    assert engine.history.count(("unload", "kept:latest")) == 1  # swapped, by that job
 
 
 async def test_a_worker_without_a_store_keeps_its_models_when_others_write_one(
