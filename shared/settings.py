@@ -70,6 +70,13 @@ class Settings(BaseSettings):
     pull_parallel: int = Field(
         4, ge=1, le=32, description="Ranged downloads at once, per blob of a pull."
     )
+    pull_lease_s: float = Field(
+        60.0,
+        gt=0,
+        description="A running pull's claim on its job lasts this long unless its worker "
+        "renews it: a worker that died (killed, out of memory) has its pull taken over by "
+        "another within about this.",
+    )
     serve_default_model: bool = Field(True, description="Serve gemma3:270m from its package.")
     worker_id: str = Field(
         default_factory=socket.gethostname, description="Unique id of a worker in the cluster."

@@ -16,13 +16,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
 from pydantic import ValidationError
 
 from shared import names
+from shared.errors import InvalidRequest
 from shared.messages import ChatMessage
 from shared.settings import Settings
 from shared.store import Config, MediaType, Store, StoredModel
+from shared.store.manifest import MAX_METADATA_BYTES, METADATA_TYPES
 
 log = structlog.get_logger()
 
@@ -122,8 +125,12 @@ def discover(settings: Settings) -> list[ModelSpec]:
         found[DEFAULT_MODEL] = default_model()
     if settings.models_dir is not None:
         for path in sorted(settings.models_dir.glob("*.gguf")):
-            spec = ModelSpec(name=names.normalize(path.stem), path=path)
-            found[spec.name] = spec
+            try:
+                name = names.normalize(path.stem)
+            except InvalidRequest:  # "my model.gguf": skipped, not every rescan failing
+                log.warning("model_file_name_invalid", path=str(path))
+                continue
+            found[name] = ModelSpec(name=name, path=path)
         for spec in store_specs(settings.models_dir):
             found[spec.name] = spec
     return list(found.values())
@@ -158,6 +165,14 @@ def _spec(store: Store, model: StoredModel) -> ModelSpec | None:
     if missing:
         log.warning("store_model_blobs_missing", model=model.name, missing=missing)
         return None
+    huge = [
+        layer.digest
+        for layer in manifest.blobs()
+        if layer.media_type in METADATA_TYPES and layer.size > MAX_METADATA_BYTES
+    ]
+    if huge:
+        log.warning("store_model_layers_too_large", model=model.name, layers=huge)
+        return None
     try:
         return ModelSpec(
             name=model.name,
@@ -168,7 +183,7 @@ def _spec(store: Store, model: StoredModel) -> ModelSpec | None:
             system=_text(store, model, MediaType.SYSTEM) or "",
             messages=_messages(store, model),
             licenses=tuple(
-                store.read_text(layer.digest)
+                _read(store, layer.digest).decode()
                 for layer in manifest.layers
                 if layer.media_type == MediaType.LICENSE
             ),
@@ -181,9 +196,20 @@ def _spec(store: Store, model: StoredModel) -> ModelSpec | None:
         return None
 
 
+def _read(store: Store, digest: str) -> bytes:
+    """A metadata layer's bytes: one over ``MAX_METADATA_BYTES`` (whatever its manifest
+    says) makes the model unreadable rather than filling the worker's memory."""
+    path = store.blob_path(digest)
+    with path.open("rb") as handle:
+        data = handle.read(MAX_METADATA_BYTES + 1)
+    if len(data) > MAX_METADATA_BYTES:
+        raise ValueError(f"layer {digest} is larger than {MAX_METADATA_BYTES} bytes")
+    return data
+
+
 def _text(store: Store, model: StoredModel, kind: MediaType) -> str | None:
     layer = model.manifest.layer(kind)
-    return None if layer is None else store.read_text(layer.digest)
+    return None if layer is None else _read(store, layer.digest).decode()
 
 
 def _parameters(store: Store, model: StoredModel) -> dict[str, list[Any]]:
@@ -191,7 +217,7 @@ def _parameters(store: Store, model: StoredModel) -> dict[str, list[Any]]:
     layer = model.manifest.layer(MediaType.PARAMS)
     if layer is None:
         return {}
-    raw = store.read_json(layer.digest)
+    raw = orjson.loads(_read(store, layer.digest))
     if not isinstance(raw, dict):
         raise ValueError("the params layer is not a JSON object")
     return {str(k): list(v) if isinstance(v, list) else [v] for k, v in raw.items()}
@@ -201,14 +227,14 @@ def _messages(store: Store, model: StoredModel) -> tuple[ChatMessage, ...]:
     layer = model.manifest.layer(MediaType.MESSAGES)
     if layer is None:
         return ()
-    raw = store.read_json(layer.digest)
+    raw = orjson.loads(_read(store, layer.digest))
     if not isinstance(raw, list):
         raise ValueError("the messages layer is not a JSON list")
     return tuple(ChatMessage.model_validate(m) for m in raw)
 
 
 def _details(store: Store, model: StoredModel) -> StoreDetails:
-    config = Config.model_validate(store.read_json(model.manifest.config.digest))
+    config = Config.model_validate(orjson.loads(_read(store, model.manifest.config.digest)))
     return StoreDetails(
         format=config.model_format,
         family=config.model_family,

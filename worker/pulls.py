@@ -8,7 +8,8 @@ cluster, ``shared.registry.lock``), then the manifest, and the store's version b
 every worker rescans. Progress goes out as Ollama's lines (``shared.registry.progress``).
 
 A network failure retries the job with backoff (``Retry``: it resumes from the partial
-files); a worker stopped mid-pull hands it back to arq, which runs it again elsewhere.
+files); a worker stopped mid-pull hands it back to arq, which runs it again elsewhere, and
+one killed outright loses its claim within ``HERD_PULL_LEASE_S`` (``_hold_lease``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import httpx
 import structlog
 from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix
 from arq.worker import Retry, func
 from arq.worker import Worker as ArqWorker
 from redis.asyncio import Redis
@@ -40,12 +42,13 @@ from shared.registry.lock import BlobLock
 from shared.registry.progress import FUNCTION, Reporter
 from shared.settings import Settings
 from shared.store import Layer, Store
+from shared.store.manifest import MAX_METADATA_BYTES, METADATA_TYPES
 from shared.store.notify import bump_store_version
 
 log = structlog.get_logger()
 
-#: A pull longer than this fails (arq holds a job this long, plus 10 s, if its worker is
-#: killed without a chance to hand it back: then another worker takes it).
+#: A pull longer than this fails. (arq would hold a job this long, plus 10 s, if its worker
+#: were killed without a chance to hand it back: ``_hold_lease`` makes that a minute.)
 JOB_TIMEOUT_S = 6 * 3600
 #: Tries of a pull that meets network errors (each resumes the partial files).
 MAX_TRIES = 5
@@ -57,6 +60,9 @@ MAX_JOBS = 4
 HEALTH_EVERY_S = 10
 #: Progress lines of a layer come about this often.
 REPORT_EVERY_S = 0.1
+#: A layer's line is sent again after this long without one (its sha256 being checked, a
+#: stalled connection): a follower knows the pull is alive.
+KEEPALIVE_S = 10.0
 
 
 #: Redis out of reach (a restart, a failover): the try ends, the pull is retried.
@@ -86,6 +92,37 @@ async def pull_model(ctx: dict[str, Any], name: str, insecure: bool = False, run
     deps: Deps = ctx["pulls"]
     model = names.normalize(name)
     reporter = Reporter(deps.redis, model, run)
+    lease = asyncio.create_task(_hold_lease(deps, str(ctx.get("job_id", ""))))
+    try:
+        return await _run(ctx, deps, name, model, insecure, reporter)
+    finally:
+        lease.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lease
+
+
+async def _hold_lease(deps: Deps, job_id: str) -> None:
+    """Keep arq's in-progress key of this job alive for ``pull_lease_s`` at a time.
+
+    arq sets it for the job's whole timeout (hours) and no worker starts the job while it
+    exists: a worker killed mid-pull would block the model's pulls (and hang its
+    followers) that long. Renewed while this worker lives, it lapses soon after it dies,
+    and another worker takes the job over (the next try, the same run token)."""
+    if not job_id:
+        return
+    key = in_progress_key_prefix + job_id
+    lease_ms = int(deps.settings.pull_lease_s * 1000)
+    while True:
+        try:
+            await deps.redis.pexpire(key, lease_ms)  # a no-op once arq removed the key
+        except Exception as exc:  # Redis away: the next renewal may reach it
+            log.warning("pull_lease_renew_failed", job_id=job_id, error=str(exc))
+        await asyncio.sleep(deps.settings.pull_lease_s / 3)
+
+
+async def _run(
+    ctx: dict[str, Any], deps: Deps, name: str, model: str, insecure: bool, reporter: Reporter
+) -> str:
     try:
         # a retry goes on with the same lines: the client saw "pulling manifest" already
         first = int(ctx.get("job_try", 1)) == 1
@@ -116,18 +153,32 @@ async def _pull(
         await reporter.send({"status": "pulling manifest"})
     where = remote(name, insecure=insecure)
     manifest = await fetch_manifest(deps.http, where)
-    # the config last, as Ollama lists it
-    for layer in [*manifest.layers, manifest.config]:
+    # the config last, as Ollama lists it; every size checked before any download
+    layers = [*manifest.layers, manifest.config]
+    for layer in layers:
         if layer.size > deps.settings.max_blob_bytes:
             raise PullFailed(
                 f"layer {layer.digest} is larger than the store allows "
                 f"({deps.settings.max_blob_bytes} bytes)"
             )
+        if layer.media_type in METADATA_TYPES and layer.size > MAX_METADATA_BYTES:
+            # read whole by every worker: a huge one would fill their memory
+            raise PullFailed(
+                f"layer {layer.digest} ({layer.media_type}) is larger than "
+                f"{MAX_METADATA_BYTES} bytes"
+            )
+    for layer in layers:
         await _layer(deps, where, layer, reporter)
     # each blob was verified as it was committed (never visible unverified)
     await reporter.send({"status": "verifying sha256 digest"})
     await reporter.send({"status": "writing manifest"})
-    await asyncio.to_thread(deps.store.write_manifest, model, manifest)
+    # the previous version's blobs that no model names any more go, as with Ollama
+    try:
+        removed = await asyncio.to_thread(deps.store.replace_manifest, model, manifest)
+    except FileNotFoundError as exc:  # a delete took a blob no manifest named yet: fetch again
+        raise Transient(f"write manifest: {exc}") from exc
+    if removed:
+        await reporter.send({"status": "removing unused layers"})
     async with deps.redis.pipeline(transaction=True) as pipe:
         # the name is a model of the store again: no older alias or deletion shadows it
         pipe.hdel(keys.CATALOG_ALIASES, model)
@@ -182,11 +233,13 @@ async def _download(deps: Deps, where: Remote, layer: Layer, report: Any) -> Non
         )
     )
     try:
-        last = -1
+        last, sent = -1, time.monotonic()
         while not task.done():
             await asyncio.wait({task}, timeout=REPORT_EVERY_S)
-            if counter.completed != last and not task.done():
-                last = counter.completed
+            if task.done():
+                break
+            if counter.completed != last or time.monotonic() - sent >= KEEPALIVE_S:
+                last, sent = counter.completed, time.monotonic()
                 await report(last)
         task.result()
     finally:

@@ -229,19 +229,8 @@ def _build(
 
 
 def _write(store: Store, name: str, manifest: Manifest) -> None:
-    old = store.get(name)
-    store.write_manifest(name, manifest)
-    if old is not None:
-        _prune(store, old.manifest)
-
-
-def _prune(store: Store, replaced: Manifest) -> None:
-    """The replaced manifest's blobs that no model names any more go (Ollama's
-    ``RemoveLayers`` after a create over an existing name)."""
-    kept = {layer.digest for model in store.models() for layer in model.manifest.blobs()}
-    for layer in replaced.blobs():
-        if layer.digest not in kept:
-            store.blob_path(layer.digest).unlink(missing_ok=True)
+    # the replaced manifest's unused blobs go (Ollama's ``RemoveLayers``)
+    store.replace_manifest(name, manifest)
 
 
 def _gguf_config(store: Store, layer: Layer) -> Config:

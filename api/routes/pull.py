@@ -36,6 +36,12 @@ ALIVE_CHECK_S = 5.0
 LOST = "pull ended without a result"
 #: No worker runs pulls (none has a writable HERD_MODELS_DIR), so one would wait forever.
 NO_PULLER = "no worker can pull models (none has a writable HERD_MODELS_DIR)"
+#: A follower gives up after this long without a line while no worker runs the pull (a
+#: running one sends a line at least every ``worker.pulls.KEEPALIVE_S``; a killed worker's
+#: pull is taken over within ``HERD_PULL_LEASE_S``; a retry waits a minute at most).
+STALL_S = 300.0
+#: What it ends with then (the pull itself stays queued: a later request follows it again).
+STALLED = "pull stalled: no worker has run it for a while"
 
 
 class PullRequest(BaseModel):
@@ -73,9 +79,15 @@ async def start_or_follow(redis: Redis, name: str, model: str, *, insecure: bool
 async def follow(redis: Redis, model: str, run: str) -> AsyncIterator[dict[str, Any]]:
     """The run's progress lines from its first, to its last; an error line raises."""
     stream = keys.pull_progress(model)
-    job = Job(keys.pull_job_id(model), ArqRedis(pool_or_conn=redis.connection_pool))
+    # the pull queue's name: on arq's default queue a queued pull (a retry's delay, a killed
+    # worker's pull not yet taken over) would look gone
+    job = Job(
+        keys.pull_job_id(model),
+        ArqRedis(pool_or_conn=redis.connection_pool),
+        _queue_name=keys.PULL_QUEUE,
+    )
     last_id: bytes | str = "0-0"
-    checked = time.monotonic()
+    checked = heard = time.monotonic()
     gone = False
     while True:
         answer = await redis.xread({stream: last_id}, count=100, block=keys.BLOCK_MS)
@@ -85,6 +97,7 @@ async def follow(redis: Redis, model: str, run: str) -> AsyncIterator[dict[str, 
                 of, line = decode(fields)
                 if of != run:
                     continue  # an earlier pull's line, still kept
+                heard = time.monotonic()
                 if "error" in line:
                     raise EngineFailure(str(line["error"]))
                 yield line
@@ -96,8 +109,14 @@ async def follow(redis: Redis, model: str, run: str) -> AsyncIterator[dict[str, 
             raise EngineFailure(LOST)
         if time.monotonic() - checked >= ALIVE_CHECK_S:
             checked = time.monotonic()
+            status = await job.status()
             # not found, or (a result kept by another arq's settings) complete: it ended
-            gone = await job.status() in (JobStatus.not_found, JobStatus.complete)
+            gone = status in (JobStatus.not_found, JobStatus.complete)
+            # queued (a killed worker's pull waiting to be taken over, a retry's delay) is
+            # followed on; long silent and run by no worker, it may never run
+            stalled = time.monotonic() - heard >= STALL_S
+            if not gone and stalled and status != JobStatus.in_progress:
+                raise EngineFailure(STALLED)
 
 
 @router.post("/api/pull")

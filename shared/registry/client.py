@@ -13,12 +13,16 @@ import httpx
 from pydantic import ValidationError
 
 from shared import names
-from shared.store import Manifest
+from shared.errors import InvalidRequest
+from shared.store import Manifest, canonical_digest
 from shared.store.manifest import MANIFEST_MEDIA_TYPE
 
 #: Ollama's texts, kept verbatim.
 INSECURE = "insecure protocol http"
 MANIFEST_MISSING = "pull model manifest: file does not exist"
+INVALID_MANIFEST = "pull model manifest: invalid manifest"
+#: A manifest is a few KiB: a registry sending more is refused (never read into memory).
+MAX_MANIFEST_BYTES = 4 << 20
 
 
 class PullFailed(Exception):
@@ -67,16 +71,55 @@ def check_status(response: httpx.Response, what: str) -> None:
     raise PullFailed(f"{what}: registry answered {code}")
 
 
+def request_failed(what: str, exc: httpx.RequestError) -> Exception:
+    """What a failed request becomes: a redirect loop, a scheme httpx cannot speak or a body
+    it cannot decode will not mend by trying again; the network may."""
+    if isinstance(exc, httpx.TooManyRedirects | httpx.UnsupportedProtocol | httpx.DecodingError):
+        return PullFailed(f"{what}: {exc}")
+    return Transient(f"{what}: {exc!r}")
+
+
+def check_scheme(url: str, response: httpx.Response, what: str) -> None:
+    """An https request redirected to http is refused: the bytes could be anyone's (a pull
+    with ``insecure`` asks for http from the start, so it is never refused)."""
+    if url.startswith("https://") and response.url.scheme != "https":
+        raise PullFailed(f"{what}: the registry redirected https to {response.url.scheme}")
+
+
+async def read_capped(response: httpx.Response, limit: int) -> bytes | None:
+    """A streamed response's body, or None if it is longer than ``limit`` bytes (read no
+    further than that: a hostile registry cannot fill the worker's memory)."""
+    length = response.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        return None
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
 async def fetch_manifest(client: httpx.AsyncClient, where: Remote) -> Manifest:
     """The model's manifest; an unknown model is Ollama's ``file does not exist``."""
+    what = "pull model manifest"
+    url = where.manifest_url()
     try:
-        response = await client.get(where.manifest_url(), headers={"Accept": MANIFEST_MEDIA_TYPE})
-    except httpx.TransportError as exc:
-        raise Transient(f"pull model manifest: {exc!r}") from exc
-    if response.status_code == 404:
-        raise PullFailed(MANIFEST_MISSING)
-    check_status(response, "pull model manifest")
+        async with client.stream("GET", url, headers={"Accept": MANIFEST_MEDIA_TYPE}) as response:
+            check_scheme(url, response, what)
+            if response.status_code == 404:
+                raise PullFailed(MANIFEST_MISSING)
+            check_status(response, what)
+            raw = await read_capped(response, MAX_MANIFEST_BYTES)
+    except httpx.RequestError as exc:
+        raise request_failed(what, exc) from exc
+    if raw is None:
+        raise PullFailed(f"{what}: larger than {MAX_MANIFEST_BYTES} bytes")
     try:
-        return Manifest.read(response.content)
-    except ValidationError as exc:
-        raise PullFailed("pull model manifest: invalid manifest") from exc
+        manifest = Manifest.read(raw)
+        # a digest names a file of the store and a URL of the registry: it must be one
+        if any(canonical_digest(layer.digest) != layer.digest for layer in manifest.blobs()):
+            raise PullFailed(INVALID_MANIFEST)
+    except (ValidationError, InvalidRequest) as exc:
+        raise PullFailed(INVALID_MANIFEST) from exc
+    return manifest

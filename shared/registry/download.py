@@ -11,6 +11,7 @@ when the whole file is there (``Store.commit``), before the blob becomes visible
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -20,7 +21,13 @@ from typing import Any
 import httpx
 import orjson
 
-from shared.registry.client import PullFailed, Transient, check_status
+from shared.registry.client import (
+    PullFailed,
+    Transient,
+    check_scheme,
+    check_status,
+    request_failed,
+)
 from shared.store import DigestMismatch, Store
 
 #: Parts are no smaller than this (a small blob is one or a few requests).
@@ -108,7 +115,26 @@ async def _write(fd: int, data: bytes, offset: int) -> None:
             written = os.pwrite(fd, view, at)
             view, at = view[written:], at + written
 
-    await asyncio.to_thread(write)
+    # a thread cannot be stopped: a cancelled part waits for its write to end, so the fd is
+    # never closed (and its number reused by another file) under a write still running
+    await _settle([asyncio.ensure_future(asyncio.to_thread(write))])
+
+
+async def _settle(tasks: list[asyncio.Future[None]]) -> None:
+    """Wait until every one of ``tasks`` is done, even if cancelled meanwhile (then raise
+    ``CancelledError`` once they are); the first failure of theirs is raised."""
+    cancelled = False
+    while not all(task.done() for task in tasks):
+        try:
+            await asyncio.wait([task for task in tasks if not task.done()])
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    for task in tasks:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
 
 
 async def _read(response: httpx.Response, fd: int, part: Part, counter: Counter) -> None:
@@ -131,9 +157,9 @@ async def _read(response: httpx.Response, fd: int, part: Part, counter: Counter)
             buffer += chunk
             if len(buffer) >= FLUSH_BYTES:
                 await flush()
-    except httpx.TransportError as exc:
+    except httpx.RequestError as exc:
         await flush()
-        raise Transient(f"download blob: {exc!r}") from exc
+        raise request_failed("download blob", exc) from exc
     except asyncio.CancelledError:  # a worker stopping: keep what came (at most FLUSH_BYTES)
         if buffer:
             os.pwrite(fd, bytes(buffer), part.start + part.done)
@@ -155,9 +181,10 @@ async def _fetch_part(
             check_status(response, "download blob")
             if response.status_code != 206:
                 raise Transient("download blob: the registry stopped answering ranges")
+            check_scheme(url, response, "download blob")
             await _read(response, fd, part, counter)
-    except httpx.TransportError as exc:
-        raise Transient(f"download blob: {exc!r}") from exc
+    except httpx.RequestError as exc:
+        raise request_failed("download blob", exc) from exc
 
 
 async def download(
@@ -185,6 +212,7 @@ async def download(
                 if response.status_code == 404:
                     raise PullFailed("pull model blob: file does not exist")
                 check_status(response, "download blob")
+                check_scheme(url, response, "download blob")
                 if response.status_code == 206:
                     ranged_url = str(response.url)
                 else:  # no ranges: this answer is the whole blob, read from the start
@@ -194,8 +222,8 @@ async def download(
                         await _read(response, fd, part, counter)
 
                     await _fill(partial, sidecar, whole, read, counter, fresh=True)
-        except httpx.TransportError as exc:
-            raise Transient(f"download blob: {exc!r}") from exc
+        except httpx.RequestError as exc:
+            raise request_failed("download blob", exc) from exc
     if ranged_url is not None:
         saved = load_plan(sidecar, size) if partial.exists() else None
         plan = saved or cut(size, parallel)
@@ -239,13 +267,22 @@ async def _fill(
         finally:
             for task in [*tasks, saver]:
                 task.cancel()
-            await asyncio.gather(*tasks, saver, return_exceptions=True)
-            save_plan(sidecar, plan)  # the next try starts from here
+            try:
+                # every part ended (its writes too) before the fd closes, however often
+                # this is cancelled meanwhile
+                await _settle([asyncio.ensure_future(_quiet(task)) for task in [*tasks, saver]])
+            finally:
+                save_plan(sidecar, plan)  # the next try starts from here
         errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         if errors:  # one that no retry mends first
             raise next((e for e in errors if isinstance(e, PullFailed)), errors[0])
     finally:
         os.close(fd)
+
+
+async def _quiet(task: asyncio.Task[None]) -> None:
+    with contextlib.suppress(BaseException):
+        await task
 
 
 async def _save_often(sidecar: Path, plan: Plan) -> None:

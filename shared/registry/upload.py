@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 import httpx
 import orjson
 
-from shared.registry.client import Remote
+from shared.registry.client import Remote, read_capped
 from shared.store import Layer, Manifest, Store
 from shared.store.manifest import MANIFEST_MEDIA_TYPE
 
@@ -33,6 +33,8 @@ UNAUTHORIZED = "unauthorized: access denied"
 CHUNK = 1 << 20
 #: How often a running upload reports its progress.
 TICK_S = 0.1
+#: The most of a registry's answer read (its error, for the message): never the whole.
+MAX_ANSWER_BYTES = 64 << 10
 #: Connect and write as usual; a registry may hash a large blob before it answers the PUT.
 TIMEOUT = httpx.Timeout(30.0, read=300.0)
 
@@ -45,41 +47,46 @@ def uploads_url(where: Remote) -> str:
     return f"{where.base}/v2/{where.namespace}/{where.model}/blobs/uploads/"
 
 
-def _detail(response: httpx.Response) -> str:
-    """The registry's own error (Docker's ``{"errors": [{"code", "message"}]}``), if any."""
+async def _detail(response: httpx.Response) -> str:
+    """The registry's own error (Docker's ``{"errors": [{"code", "message"}]}``), if any;
+    a body longer than ``MAX_ANSWER_BYTES`` is not read."""
+    body = await read_capped(response, MAX_ANSWER_BYTES)
     with contextlib.suppress(ValueError, TypeError, KeyError, IndexError, AttributeError):
-        error = orjson.loads(response.content)["errors"][0]
+        error = orjson.loads(body or b"")["errors"][0]
         return f": {error.get('code', '')} {error.get('message', '')}".rstrip()
     return ""
 
 
-def _check(response: httpx.Response, what: str) -> None:
+async def _check(response: httpx.Response, what: str) -> None:
     if response.status_code == 401:
         raise PushFailed(UNAUTHORIZED)
     if response.status_code >= 400:
-        raise PushFailed(f"{what}: registry answered {response.status_code}{_detail(response)}")
+        detail = await _detail(response)
+        raise PushFailed(f"{what}: registry answered {response.status_code}{detail}")
 
 
 async def _send(
     client: httpx.AsyncClient, what: str, method: str, url: str | httpx.URL, **kwargs: Any
 ) -> httpx.Response:
+    """The answer's status and headers; its body is never read whole (a hostile registry
+    could send gigabytes), only an error's first ``MAX_ANSWER_BYTES``."""
     try:
-        response = await client.request(method, url, **kwargs)
-    except httpx.TransportError as exc:
+        async with client.stream(method, url, **kwargs) as response:
+            await _check(response, what)
+            return response
+    except httpx.RequestError as exc:
         raise PushFailed(f"{what}: {exc!r}") from exc
-    _check(response, what)
-    return response
 
 
 async def has_blob(client: httpx.AsyncClient, where: Remote, digest: str) -> bool:
     try:
-        response = await client.head(where.blob_url(digest))
-    except httpx.TransportError as exc:
+        async with client.stream("HEAD", where.blob_url(digest)) as response:
+            if response.status_code == 404:
+                return False
+            await _check(response, "check blob")
+            return True
+    except httpx.RequestError as exc:
         raise PushFailed(f"check blob: {exc!r}") from exc
-    if response.status_code == 404:
-        return False
-    _check(response, "check blob")
-    return True
 
 
 class Sent:

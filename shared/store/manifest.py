@@ -9,6 +9,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+#: The largest metadata layer (template, system, license, params, messages, config) a pull
+#: takes or a worker reads: they are read whole into memory, unlike the weights.
+MAX_METADATA_BYTES = 16 << 20
 
 
 class MediaType(StrEnum):
@@ -28,9 +31,22 @@ class Layer(BaseModel):
 
     media_type: str = Field(alias="mediaType")
     digest: str
-    size: int
+    size: int = Field(ge=0)  # a negative size would pass every "too large" check
     #: Ollama records where a layer came from (``from``); kept as read.
     source: str | None = Field(None, alias="from")
+
+
+#: Layers read whole (``MAX_METADATA_BYTES`` at most), not mapped by the engine.
+METADATA_TYPES: frozenset[str] = frozenset(
+    {
+        MediaType.CONFIG,
+        MediaType.TEMPLATE,
+        MediaType.SYSTEM,
+        MediaType.PARAMS,
+        MediaType.MESSAGES,
+        MediaType.LICENSE,
+    }
+)
 
 
 class Manifest(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import structlog
 from pydantic import ValidationError
 
 from shared import names
+from shared.errors import InvalidRequest
 from shared.store.blobs import DigestMismatch, canonical_digest, file_name, sha256_of, write_stream
 from shared.store.manifest import Manifest
 
@@ -46,11 +48,28 @@ class StoredModel:
         return self.manifest.size()
 
 
+class ManifestsUnreadable(Exception):
+    """A manifest file could not be read: which blobs are in use is not known."""
+
+
+#: One lock per store root in this process: its writers (a pull, a create, a delete) run
+#: one at a time, so a prune never races a manifest that is being written.
+_LOCKS: dict[Path, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_of(root: Path) -> threading.RLock:
+    key = root.absolute()
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(key, threading.RLock())
+
+
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.blobs = root / "blobs"
         self.manifests = root / "manifests"
+        self._lock = _lock_of(root)
 
     # blobs
 
@@ -156,6 +175,10 @@ class Store:
 
     def write_manifest(self, name: str, manifest: Manifest) -> StoredModel:
         """Write ``name``'s manifest; every blob it names must be in the store already."""
+        with self._lock:
+            return self._write_manifest(name, manifest)
+
+    def _write_manifest(self, name: str, manifest: Manifest) -> StoredModel:
         missing = [layer.digest for layer in manifest.blobs() if not self.has_blob(layer.digest)]
         if missing:
             raise FileNotFoundError(f"blobs missing from the store: {', '.join(missing)}")
@@ -171,23 +194,71 @@ class Store:
         assert stored is not None  # just written
         return stored
 
+    def replace_manifest(self, name: str, manifest: Manifest) -> list[str]:
+        """Write ``name``'s manifest over any older one, then remove the older one's blobs
+        that no model names any more (Ollama's ``removing unused layers`` after a pull or a
+        create); the digests removed."""
+        with self._lock:
+            old = self.get(name)
+            self._write_manifest(name, manifest)
+            return [] if old is None else self.prune(old.manifest)
+
     def copy(self, source: str, destination: str) -> StoredModel | None:
         """``destination`` as a second name of ``source``'s manifest; None if no source."""
-        found = self.get(source)
-        return None if found is None else self.write_manifest(destination, found.manifest)
+        with self._lock:
+            found = self.get(source)
+            return None if found is None else self._write_manifest(destination, found.manifest)
 
     def delete(self, name: str) -> StoredModel | None:
         """Remove ``name``'s manifest, then those of its blobs no other manifest names
         (only its own: a blob uploaded for a model not created yet stays)."""
-        found = self.get(name)
-        if found is None:
-            return None
-        found.path.unlink()
-        with contextlib.suppress(OSError):  # empty folders go; a non-empty one stays
-            for folder in list(found.path.parents)[:3]:
-                folder.rmdir()
-        kept = {layer.digest for model in self.models() for layer in model.manifest.blobs()}
-        for layer in found.manifest.blobs():
-            if layer.digest not in kept:
-                self.blob_path(layer.digest).unlink(missing_ok=True)
-        return found
+        with self._lock:
+            found = self.get(name)
+            if found is None:
+                return None
+            found.path.unlink()
+            with contextlib.suppress(OSError):  # empty folders go; a non-empty one stays
+                for folder in list(found.path.parents)[:3]:
+                    folder.rmdir()
+            self.prune(found.manifest)
+            return found
+
+    def prune(self, replaced: Manifest) -> list[str]:
+        """Remove the blobs of ``replaced`` (a manifest no longer stored under its name) that
+        no stored manifest names; the digests removed. If any manifest cannot be read, no
+        blob goes: its blobs would look unused."""
+        with self._lock:
+            try:
+                kept = self._used()
+            except ManifestsUnreadable as exc:
+                log.warning("prune_skipped", error=str(exc))
+                return []
+            removed: list[str] = []
+            for layer in replaced.blobs():
+                try:
+                    digest = canonical_digest(layer.digest)
+                except InvalidRequest:
+                    continue  # never a file of the store
+                if digest in kept or digest in removed:
+                    continue
+                path = self.blob_path(digest)
+                if path.is_file():
+                    path.unlink(missing_ok=True)
+                    removed.append(digest)
+            return removed
+
+    def _used(self) -> set[str]:
+        """Every blob any manifest file names (canonical digests); raises
+        ``ManifestsUnreadable`` if one cannot be read."""
+        used: set[str] = set()
+        if not self.manifests.is_dir():
+            return used
+        for path in self.manifests.glob("*/*/*/*"):
+            if not path.is_file() or path.name.startswith("."):
+                continue  # a temporary file of a write in flight is not a model yet
+            try:
+                manifest = Manifest.read(path.read_bytes())
+                used.update(canonical_digest(layer.digest) for layer in manifest.blobs())
+            except (OSError, ValidationError, ValueError, InvalidRequest) as exc:
+                raise ManifestsUnreadable(f"{path}: {exc}") from exc
+        return used

@@ -16,19 +16,22 @@ from typing import Any
 import httpx
 import ollama
 import pytest
-from arq.constants import health_check_key_suffix, job_key_prefix
+from arq.constants import health_check_key_suffix, in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 
 from api.auth import Need, need
+from api.routes import pull as pull_route
 from api.routes.pull import LOST, follow, start_or_follow
 from cli.ports import free_port
-from shared import keys
+from shared import keys, names
 from shared.errors import EngineFailure
 from shared.registry.client import INSECURE, MANIFEST_MISSING
-from shared.registry.progress import Reporter
+from shared.registry.progress import Reporter, decode
+from shared.settings import Settings
 from shared.store import Store
 from tests.conftest import ApiFactory, ProcessFactory, process_log, worker_env
 from tests.registry import Model, Registry, host_of, lines_of, serving, tiny_gguf
+from worker import pulls
 
 MIB = 1 << 20
 PULLERS = keys.PULL_QUEUE + health_check_key_suffix
@@ -354,3 +357,122 @@ async def test_a_follower_of_a_lost_pull_gets_an_error(redis: Redis) -> None:
     assert await anext(lines) == {"status": "pulling manifest"}
     with pytest.raises(EngineFailure, match=LOST):
         await anext(lines)
+
+
+async def test_a_killed_workers_pull_is_taken_over(
+    api: ApiFactory,
+    redis: Redis,
+    redis_url: str,
+    herd_process: ProcessFactory,
+    registry: Registry,
+    tmp_path: Path,
+) -> None:
+    """A worker killed outright (SIGKILL, the OOM killer) cannot hand its pull back: its
+    claim on the job lapses within HERD_PULL_LEASE_S (not arq's hours), another worker
+    takes the pull over, and the follower's one stream goes on to ``success``."""
+    store = tmp_path / "store"
+    first = await start_puller(herd_process, redis, redis_url, store, pull_lease_s=2)
+    client = await api()
+    registry.delay_s = 0.3  # about 5 s for the GGUF
+    model = model_of(registry)
+    name = f"{host_of(registry)}/library/tiny"
+    lines: list[dict[str, Any]] = []
+
+    async def follow() -> None:
+        body = {"model": name, "insecure": True}
+        async with client.stream("POST", "/api/pull", json=body, timeout=60) as response:
+            async for line in response.aiter_lines():
+                lines.append(lines_of(line.encode())[0])
+
+    following = asyncio.create_task(follow())
+    while not any(line.get("completed") for line in lines):
+        await asyncio.sleep(0.05)
+    in_progress = in_progress_key_prefix + keys.pull_job_id(names.normalize(name))
+    assert 0 < await redis.pttl(in_progress) <= 2000  # the lease, not arq's 6 h
+    first.kill()
+    await asyncio.to_thread(first.wait, 30)
+    await start_puller(herd_process, redis, redis_url, store, pull_lease_s=2)
+    await asyncio.wait_for(following, 60)
+    statuses = [line["status"] for line in lines]
+    assert statuses.count("pulling manifest") == 1  # the next try goes on with the stream
+    assert statuses[-3:] == ["verifying sha256 digest", "writing manifest", "success"]
+    check_store(store, name, model)
+
+
+async def test_a_re_pull_removes_the_unused_layers(
+    api: ApiFactory,
+    redis: Redis,
+    redis_url: str,
+    herd_process: ProcessFactory,
+    registry: Registry,
+    tmp_path: Path,
+) -> None:
+    """A new version of a model replaces the old one's blobs no other model names, as
+    Ollama's ``removing unused layers`` does."""
+    store = tmp_path / "store"
+    await start_puller(herd_process, redis, redis_url, store)
+    client = await api()
+    name = f"{host_of(registry)}/library/tiny"
+    old = model_of(registry)
+    status, lines = await pull(client, model=name, insecure=True)
+    assert status == 200 and "removing unused layers" not in [x["status"] for x in lines]
+    registry.add_model("library/tiny:latest", tiny_gguf(tmp_path / "v2.gguf", weights=MIB, seed=1))
+    new = model_of(registry)
+    status, lines = await pull(client, model=name, insecure=True)
+    assert status == 200
+    statuses = [line["status"] for line in lines]
+    assert statuses[-4:] == [
+        "verifying sha256 digest",
+        "writing manifest",
+        "removing unused layers",
+        "success",
+    ]
+    check_store(store, name, new)
+    assert not Store(store).has_blob(old.gguf.digest)  # the old weights went
+    assert Store(store).has_blob(old.layers[1].digest)  # the template is the new one's too
+
+
+async def test_a_huge_metadata_layer_fails_the_pull_before_any_download(
+    redis: Redis, registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pulls, "MAX_METADATA_BYTES", 10)  # the template is 14 bytes
+    name = f"{host_of(registry)}/library/tiny"
+    async with httpx.AsyncClient(follow_redirects=True) as http:
+        deps = pulls.Deps(Settings(), Store(tmp_path / "store"), redis, http)
+        ctx = {"pulls": deps, "job_try": 1, "job_id": "test"}
+        assert await pulls.pull_model(ctx, name, True, "run") == "failed"
+    last = await redis.xrevrange(keys.pull_progress(names.normalize(name)), count=1)
+    assert "larger than 10 bytes" in decode(last[0][1])[1]["error"]
+    assert not registry.served  # nothing was downloaded
+
+
+async def test_a_follower_of_a_pull_no_worker_runs_gives_up(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queued with no worker to take it (every puller gone), the pull may never run: the
+    follower ends with an error after STALL_S without a line, not a wait forever."""
+    monkeypatch.setattr(pull_route, "STALL_S", 1.0)
+    monkeypatch.setattr(pull_route, "ALIVE_CHECK_S", 0.2)
+    model = "127.0.0.1:1/library/stalled:latest"
+    run = await start_or_follow(redis, model, model, insecure=True)
+    await Reporter(redis, model, run).send({"status": "pulling manifest"})
+    lines = follow(redis, model, run)
+    assert await anext(lines) == {"status": "pulling manifest"}
+    with pytest.raises(EngineFailure, match=pull_route.STALLED):
+        await asyncio.wait_for(anext(lines), 10)
+
+
+async def test_a_follower_follows_a_queued_pull(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queued again (a retry's delay, a killed worker's pull waiting to be taken over), a
+    pull is not gone: its follower waits for its lines."""
+    monkeypatch.setattr(pull_route, "ALIVE_CHECK_S", 0.1)
+    model = "127.0.0.1:1/library/queued:latest"
+    run = await start_or_follow(redis, model, model, insecure=True)
+    lines = follow(redis, model, run)
+    first = asyncio.ensure_future(anext(lines))
+    await asyncio.sleep(3)  # several checks of the job
+    assert not first.done()
+    await Reporter(redis, model, run).send({"status": "success"})
+    assert await asyncio.wait_for(first, 5) == {"status": "success"}

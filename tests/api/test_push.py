@@ -5,6 +5,7 @@ refusals and the registry's 401; the ``ollama`` Python client's ``push``."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,8 +17,8 @@ import pytest
 from redis.asyncio import Redis
 
 from api.auth import Need, need
-from shared.registry.client import INSECURE
-from shared.registry.upload import UNAUTHORIZED
+from shared.registry.client import INSECURE, remote
+from shared.registry.upload import UNAUTHORIZED, PushFailed, has_blob, push_manifest
 from shared.store import Store
 from tests.api.test_create import tiny_gguf, upload
 from tests.api.test_pull import start_puller
@@ -243,3 +244,23 @@ async def test_the_ollama_client_pushes(
 
 def test_push_needs_an_admin_key() -> None:
     assert need("/api/push") is Need.ADMIN
+
+
+async def test_a_registry_error_body_is_read_only_in_part() -> None:
+    """A hostile registry's endless error body cannot fill the API's memory."""
+    served = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal served
+        while True:
+            served += 65536
+            yield b"x" * 65536
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(400, content=endless()))
+    where = remote("reg.example/ns/m", insecure=False)
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(PushFailed, match=r"registry answered 400$"):
+            await asyncio.wait_for(has_blob(client, where, "sha256:" + "ab" * 32), 10)
+        with pytest.raises(PushFailed, match=r"registry answered 400$"):
+            await asyncio.wait_for(push_manifest(client, where, b"{}"), 10)
+    assert served < 1 << 20

@@ -118,3 +118,48 @@ def test_a_manifest_read_is_written_back_byte_for_byte(tmp_path: Path) -> None:
     assert copied is not None and copied.digest == stored.digest
     read.layers.pop()
     assert store.write_manifest("changed", read).path.read_bytes() != spaced
+
+
+def test_a_replaced_manifest_leaves_its_unused_blobs_behind_it(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    old = _model(store, b"old weights")
+    assert store.replace_manifest("m", old) == []  # nothing replaced
+    store.write_manifest("other", _model(store, b"shared weights"))
+    new = _model(store, b"new weights", template="{{ .Prompt }}")  # same template blob
+    removed = store.replace_manifest("m", new)
+    assert removed == [old.layers[0].digest]  # the template and config are still used
+    assert not store.has_blob(old.layers[0].digest)
+    assert all(store.has_blob(layer.digest) for layer in new.blobs())
+
+
+def test_digests_are_compared_canonically(tmp_path: Path) -> None:
+    """A manifest that spells a blob ``sha256-<HEX>`` still keeps it."""
+    store = Store(tmp_path)
+    kept = _model(store, b"weights")
+    spelled = kept.model_copy(deep=True)
+    hexa = spelled.layers[0].digest.removeprefix("sha256:")
+    spelled.layers[0].digest = f"sha256-{hexa.upper()}"
+    store.write_manifest("b", spelled)
+    store.write_manifest("a", kept)
+    store.delete("a")
+    assert store.has_blob(kept.layers[0].digest)
+
+
+def test_an_unreadable_manifest_keeps_every_blob(tmp_path: Path) -> None:
+    """Its blobs would look unused: nothing is removed while it cannot be read."""
+    store = Store(tmp_path)
+    gone = _model(store, b"weights of a")
+    store.write_manifest("a", gone)
+    store.write_manifest("b", _model(store, b"weights of b"))
+    found = store.get("b")
+    assert found is not None
+    found.path.write_bytes(b"{not json")
+    store.delete("a")
+    assert store.get("a") is None
+    assert all(store.has_blob(layer.digest) for layer in gone.blobs())
+    assert store.prune(gone) == []
+
+
+def test_writers_of_one_root_share_one_lock(tmp_path: Path) -> None:
+    assert Store(tmp_path)._lock is Store(tmp_path / "." / "")._lock
+    assert Store(tmp_path)._lock is not Store(tmp_path / "other")._lock

@@ -15,6 +15,7 @@ from shared.settings import Settings
 from shared.store import MediaType, Store
 from tests.store_models import add_model
 from tests.worker.test_llama_engine_tiny import write_tiny_llama
+from worker import model_files
 from worker.model_files import ModelSpec, StoreDetails, discover
 from worker.modelinfo import describe
 from worker.prompts.go_execute import GoTemplate
@@ -145,3 +146,31 @@ def test_a_store_model_without_license_layers_shows_none(tmp_path: Path, gguf_fi
     advert = describe(spec).advert
 
     assert (advert.license, advert.licenses) == ("", [])
+
+
+def test_a_loose_file_with_a_name_ollama_refuses_is_skipped(
+    tmp_path: Path, gguf_file: Path
+) -> None:
+    """ "my model.gguf" would otherwise fail every rescan of the store."""
+    (tmp_path / "my model.gguf").write_bytes(gguf_file.read_bytes())
+    (tmp_path / "fine.gguf").write_bytes(gguf_file.read_bytes())
+    add_model(Store(tmp_path), "stored", gguf_file)
+    assert sorted(by_name(discover(settings(tmp_path)))) == ["fine:latest", "stored:latest"]
+
+
+def test_a_huge_metadata_layer_skips_its_model(
+    tmp_path: Path, gguf_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A template (a system prompt, a license, …) is read whole: one too large for that,
+    by its manifest or by its file, is not read at all."""
+    monkeypatch.setattr(model_files, "MAX_METADATA_BYTES", 1000)
+    store = Store(tmp_path)
+    add_model(store, "small", gguf_file, system="short")
+    add_model(store, "says", gguf_file, system="x" * 1001)
+    lying = add_model(store, "lies", gguf_file, template="y" * 2000)
+    template = lying.manifest.layer(MediaType.TEMPLATE)
+    assert template is not None
+    manifest = lying.manifest.model_copy(deep=True)
+    manifest.layers[1].size = 10  # the manifest says small; the file is not
+    store.write_manifest("lies", manifest)
+    assert sorted(by_name(discover(settings(tmp_path)))) == ["small:latest"]
