@@ -71,6 +71,25 @@ async def pull(client: httpx.AsyncClient, **body: Any) -> tuple[int, list[dict[s
     return response.status_code, lines_of(response.content)
 
 
+async def follow_until_downloading(
+    client: httpx.AsyncClient, name: str, lines: list[dict[str, Any]]
+) -> asyncio.Task[None]:
+    """Follow ``name``'s pull in a task that appends its lines to ``lines``; returns once
+    a layer's download has begun."""
+
+    async def follow() -> None:
+        body = {"model": name, "insecure": True}
+        async with client.stream("POST", "/api/pull", json=body, timeout=60) as response:
+            async for line in response.aiter_lines():
+                lines.append(lines_of(line.encode())[0])
+
+    following = asyncio.create_task(follow())
+    while not any(line.get("completed") for line in lines):
+        assert not following.done(), lines
+        await asyncio.sleep(0.05)
+    return following
+
+
 def check_order(lines: list[dict[str, Any]], model: Model) -> None:
     """Ollama's progress: manifest, each layer (config last) counting up to its size, then
     the verification, the manifest, success."""
@@ -315,16 +334,7 @@ async def test_a_stopped_worker_hands_its_pull_to_another(
     model = model_of(registry)
     name = f"{host_of(registry)}/library/tiny"
     lines: list[dict[str, Any]] = []
-
-    async def follow() -> None:
-        body = {"model": name, "insecure": True}
-        async with client.stream("POST", "/api/pull", json=body, timeout=60) as response:
-            async for line in response.aiter_lines():
-                lines.append(lines_of(line.encode())[0])
-
-    following = asyncio.create_task(follow())
-    while not any(line.get("completed") for line in lines):
-        await asyncio.sleep(0.05)
+    following = await follow_until_downloading(client, name, lines)
     first.terminate()  # SIGTERM mid-download: arq gets the pull back
     await asyncio.to_thread(first.wait, 30)
     second = await start_puller(herd_process, redis, redis_url, store)
@@ -377,16 +387,7 @@ async def test_a_killed_workers_pull_is_taken_over(
     model = model_of(registry)
     name = f"{host_of(registry)}/library/tiny"
     lines: list[dict[str, Any]] = []
-
-    async def follow() -> None:
-        body = {"model": name, "insecure": True}
-        async with client.stream("POST", "/api/pull", json=body, timeout=60) as response:
-            async for line in response.aiter_lines():
-                lines.append(lines_of(line.encode())[0])
-
-    following = asyncio.create_task(follow())
-    while not any(line.get("completed") for line in lines):
-        await asyncio.sleep(0.05)
+    following = await follow_until_downloading(client, name, lines)
     in_progress = in_progress_key_prefix + keys.pull_job_id(names.normalize(name))
     assert 0 < await redis.pttl(in_progress) <= 2000  # the lease, not arq's 6 h
     first.kill()
