@@ -56,6 +56,10 @@ CATALOG_DELETED = f"{PREFIX}:catalog:deleted"
 #: Counter: bumped after every change to a model store (pull, create, copy, delete); a
 #: worker whose last look saw another value rescans its store.
 STORE_VERSION = f"{PREFIX}:store:version"
+#: Hash: a model pulled from a registry -> where from (JSON ``{"insecure": bool}``). A worker
+#: with a store of its own pulls such a model itself when placement has it load one it
+#: lacks (no shared volume: the model was pulled into another worker's store).
+STORE_SOURCES = f"{PREFIX}:store:sources"
 #: arq's queue of model pulls (any worker that can write a store takes them).
 PULL_QUEUE = f"{PREFIX}:arq:pulls"
 

@@ -56,8 +56,9 @@ from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
 from shared.messages import DeviceInfo, GenerateJob, LoadOptions, ModelAdvert
+from shared.queues import live_workers
 from shared.settings import Settings
-from worker import control, drain, poison
+from worker import control, drain, poison, pulls
 from worker.devices import Devices
 from worker.engine import Engine
 from worker.fake_engine import fake_device
@@ -99,6 +100,13 @@ class Worker:
         #: ``keys.STORE_VERSION`` as last rescanned (None: never; a missing key reads None).
         self._store_version: bytes | None = None
         self._rescanning = asyncio.Lock()
+        #: The store this worker can pull into (None: none, or not writable).
+        self._store_root = pulls.writable_store(settings)
+        #: Models pulled from a registry into another worker's store that this one may
+        #: serve too, pulling them into its own first (``fetch``): their adverts.
+        self._fetchable: dict[str, ModelAdvert] = {}
+        #: Each fetchable model's ``insecure`` (``keys.STORE_SOURCES``).
+        self._insecure: dict[str, bool] = {}
         self._own_stream = keys.worker_jobs(self.id)
         #: Jobs claimed per model and not finished yet.
         self._inflight: dict[str, int] = {}
@@ -137,7 +145,12 @@ class Worker:
             for m in engine.models()
         }
         self.placer = Placer(
-            client, settings, self._models_by_stream.values(), self.residency, self.node
+            client,
+            settings,
+            self._models_by_stream.values(),
+            self.residency,
+            self.node,
+            fetch=self.fetch,
         )
         self._jobs = JobRunner(client, engine, self.residency, self.id, self._beat, self.metrics)
         self.metrics.watch(self)
@@ -467,6 +480,9 @@ class Worker:
                 m.model_copy(update={"memory_bytes": self._needs.get(m.name, m.memory_bytes)})
                 for m in self.engine.models()
             ]
+            info = list(models)  # the engine has no metadata of a fetchable model yet
+            known = {m.name for m in models}
+            models += [a for n, a in self._fetchable.items() if n not in known]
             loaded = self.residency.loaded()
             total, free = self.memory()
             advert = self.advertiser.advert(
@@ -487,7 +503,7 @@ class Worker:
             )
             await self.advertiser.beat(advert)
         source: ModelInfoSource | None = getattr(self.engine, "full_model_info", None)
-        await self.advertiser.write_model_info(models, source)
+        await self.advertiser.write_model_info(info, source)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -496,6 +512,7 @@ class Worker:
                     await self._beat_soon.wait()
             try:
                 await self._rescan_store()
+                await self._find_fetchable()
                 await self._beat()
             except (RedisError, OSError) as exc:
                 log.warning("heartbeat_failed", error=str(exc))
@@ -527,11 +544,63 @@ class Worker:
         await self._serve(self.engine.models())
         self._store_version = version  # only once served: a Redis error retries it
 
+    async def _find_fetchable(self) -> None:
+        """Which models pulled into other workers' stores this one could pull into its own:
+        each of ``keys.STORE_SOURCES`` not served here whose advert is known (a live
+        worker's, else the catalog's). Served like the store's (placement may pick this
+        worker, which then pulls it first: ``fetch``)."""
+        if self._store_root is None or self._stopping.is_set():
+            return
+        sources = await self._client.hgetall(keys.STORE_SOURCES)  # type: ignore[misc]
+        local = {m.name for m in self.engine.models()}
+        wanted: dict[str, bool] = {}
+        for raw, value in sources.items():
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if name in local or name in self.residency.resident():
+                continue
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                wanted[name] = bool(orjson.loads(value).get("insecure", False))
+        found: dict[str, ModelAdvert] = {}
+        if wanted:
+            for advert in await live_workers(self._client):
+                for model in advert.models:
+                    if model.name in wanted and advert.worker_id != self.id:
+                        found.setdefault(model.name, model)
+            for name in wanted.keys() - found.keys():
+                raw_advert = await self._client.hget(keys.CATALOG_SEEN, name)  # type: ignore[misc]
+                if raw_advert is not None:
+                    with contextlib.suppress(ValidationError):
+                        found[name] = ModelAdvert.model_validate_json(raw_advert)
+        self._insecure = {n: wanted[n] for n in found}
+        if found.keys() == self._fetchable.keys():
+            return
+        async with self._rescanning:  # _serve's state: one writer at a time
+            self._fetchable = found
+            await self._serve(self.engine.models())
+
+    async def fetch(self, model: str) -> None:
+        """Placement loads ``model`` here: if this worker's store lacks it (fetchable),
+        pull it from its registry into the store first, then serve the store anew."""
+        root = self._store_root
+        if root is None or model not in self._fetchable:
+            return
+        if model in {m.name for m in self.engine.models()}:
+            return  # a rescan brought it already
+        log.info("model_fetch", model=model)
+        await pulls.fetch(
+            self.settings, root, self._client, model, self._insecure.get(model, False)
+        )
+        await self.store_changed()
+        log.info("model_fetched", model=model)
+
     async def _serve(self, adverts: list[ModelAdvert]) -> None:
-        """Claim, place and advertise exactly ``adverts``' models: a new model's stream
-        gets its group before it is read; a removed or changed model (another digest)
-        is unloaded once idle, and a removed one's stream is no longer read."""
-        digests = {m.name: m.digest for m in adverts}
+        """Claim, place and advertise exactly ``adverts``' models, and the fetchable ones:
+        a new model's stream gets its group before it is read; a removed or changed model
+        (another digest) is unloaded once idle, and a removed one's stream is no longer
+        read."""
+        known = {m.name for m in adverts}
+        fetchable = [a for n, a in self._fetchable.items() if n not in known]
+        digests = {m.name: m.digest for m in [*adverts, *fetchable]}
         added = digests.keys() - self._digests.keys()
         removed = self._digests.keys() - digests.keys()
         changed = {
@@ -555,6 +624,8 @@ class Worker:
             )
             for m in adverts
         }
+        # the engine knows a fetchable model only once it is in the store: its advert says
+        self._needs.update({m.name: m.memory_bytes or m.size_bytes for m in fetchable})
         for name in removed:
             self.residency.expire(name)  # once idle: a running answer finishes
         for name in changed:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import structlog
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
@@ -183,6 +184,8 @@ async def _pull(
         # the name is a model of the store again: no older alias or deletion shadows it
         pipe.hdel(keys.CATALOG_ALIASES, model)
         pipe.srem(keys.CATALOG_DELETED, model)
+        # where it came from: a worker with a store of its own can pull it too (``fetch``)
+        pipe.hset(keys.STORE_SOURCES, model, orjson.dumps({"insecure": insecure}).decode())
         await pipe.execute()
     await bump_store_version(deps.redis)  # every worker rescans its store
     if deps.on_stored is not None:
@@ -256,6 +259,25 @@ async def _download(deps: Deps, where: Remote, layer: Layer, report: Any) -> Non
         seconds=round(seconds, 3),
         mb_per_s=round(counter.fetched / max(seconds, 1e-6) / 1e6, 1),
     )
+
+
+class _Quiet(Reporter):
+    """A reporter that publishes nothing: a fetch has no client following it."""
+
+    def __init__(self) -> None:
+        pass
+
+    async def send(self, line: dict[str, Any]) -> None:
+        return None
+
+
+async def fetch(settings: Settings, root: Path, redis: Redis, model: str, insecure: bool) -> None:
+    """Pull ``model`` into the store at ``root`` in this process, as a pull job would,
+    reporting to no one (placement has this worker load a model another one pulled)."""
+    timeout = httpx.Timeout(30.0, read=60.0)
+    async with httpx.AsyncClient(follow_redirects=True, timeout=timeout) as http:
+        deps = Deps(settings, Store(root), redis, http)
+        await _pull(deps, model, model, insecure=insecure, reporter=_Quiet(), first=True)
 
 
 def writable_store(settings: Settings) -> Path | None:

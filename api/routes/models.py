@@ -15,7 +15,7 @@ from api.modelstore import optional_store
 from api.requests import Unload
 from api.show import show
 from api.state import AliasesDep, StateDep
-from shared import names
+from shared import keys, names
 from shared.errors import MODEL_REQUIRED, InvalidRequest, ModelNotFound
 
 router = APIRouter()
@@ -116,4 +116,7 @@ async def delete(request: Request, state: StateDep, aliases: AliasesDep) -> Resp
         await modelstore.changed(state.redis)
     elif not await aliases.delete(name):
         raise ModelNotFound.named(model)
+    # no worker fetches it into its own store any more
+    gone = removed.name if removed is not None else name
+    await state.redis.hdel(keys.STORE_SOURCES, gone)  # type: ignore[misc]
     return Response(status_code=200)

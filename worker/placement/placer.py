@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 
 import structlog
@@ -68,6 +68,7 @@ class Placer:
         models: Collection[str],
         residency: Residency,
         local: Callable[[], Node],
+        fetch: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._client = client
         self._id = settings.worker_id
@@ -76,6 +77,9 @@ class Placer:
         self._models = models
         self._residency = residency
         self._local = local
+        #: Brings a model this worker may serve but lacks into its own store (a no-op
+        #: for a model it has): the worker's, where its store is not shared.
+        self._fetch = fetch
         self._tickets = Tickets(client, self._id)
         # a cold model may take a busy model's place once it waited twice what makes a
         # hot model ask for a replica
@@ -129,6 +133,8 @@ class Placer:
         # file is not retried at every tick); given up at once if there was no room
         cooldown = self._settings.scale_cooldown_s
         try:
+            if self._fetch is not None:
+                await self._fetch(load.model)  # a failure counts as a failed load
             if not await self._residency.place(load.model, load.evict):
                 cooldown = 0.0
         except Exception:  # a model that fails to load must not stop placement
