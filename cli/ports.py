@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import socket
+from pathlib import Path
 
 from shared.hostaddr import HostAddress
 
@@ -11,11 +13,38 @@ class PortUnavailable(Exception):
     """The address a component must listen on cannot be bound (taken, or not this host's)."""
 
 
+#: Where the kernel picks outgoing connections' local ports (Linux's default range).
+_EPHEMERAL = (32768, 60999)
+#: Free ports are drawn below that range: a port handed to a child that has not bound it
+#: yet cannot be taken meanwhile as the source port of some client's connection.
+_BELOW = 12_000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return _EPHEMERAL
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A port of 127.0.0.1 nothing listens on, outside the ephemeral range when it can."""
+    low = _ephemeral_range()[0]
+    start = max(1024, low - _BELOW)
+    for _ in range(50):
+        port = random.randrange(start, low) if low > start else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            chosen: int = sock.getsockname()[1]
+            return chosen
+    with socket.socket() as sock:  # a crowded range: any port the kernel gives
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        fallback: int = sock.getsockname()[1]
+        return fallback
 
 
 def listen(address: HostAddress, setting: str) -> socket.socket:
