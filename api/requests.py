@@ -275,6 +275,15 @@ class DeleteRequest(_Body):
     name: str = ""  # deprecated spelling of ``model``
 
 
+class RegistryRequest(_Body):
+    """``/api/pull`` and ``/api/push`` (``username``/``password``: deprecated, ignored)."""
+
+    model: str = ""
+    name: str = ""  # deprecated spelling of ``model``
+    insecure: StrictBool | None = None
+    stream: StrictBool | None = None
+
+
 # -- what a checked request asks for --------------------------------------------------
 
 Route = Literal["generate", "chat", "embed", "embeddings"]

@@ -15,8 +15,7 @@ import orjson
 from rich.console import Console
 
 from cli.modelfile import Modelfile, ModelfileError, read
-from cli.verbs import VerbError
-from cli.verbs import _error_text as error_text
+from cli.verbs import VerbError, error_text
 
 CHUNK = 1 << 20
 

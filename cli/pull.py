@@ -18,14 +18,20 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from cli.verbs import VerbError
-from cli.verbs import _error_text as error_text
+from cli.verbs import VerbError, error_text
 
 
 def pull(client: httpx.Client, model: str, *, insecure: bool, console: Console) -> None:
+    transfer(client, "/api/pull", model, insecure=insecure, console=console)
+
+
+def transfer(
+    client: httpx.Client, route: str, model: str, *, insecure: bool, console: Console
+) -> None:
+    """Follow a pull's or a push's progress lines (the same shapes: digest bars, statuses)."""
     body = {"model": model, "insecure": insecure, "stream": True}
     try:
-        with client.stream("POST", "/api/pull", json=body) as response:
+        with client.stream("POST", route, json=body) as response:
             if response.status_code >= 400:
                 response.read()
                 raise VerbError(error_text(response))

@@ -59,7 +59,7 @@ class Verbs:
         except httpx.HTTPError as exc:
             raise VerbError(f"could not reach Herd: {exc}") from exc
         if response.status_code >= 400:
-            raise VerbError(_error_text(response))
+            raise VerbError(error_text(response))
         return orjson.loads(response.content) if response.content else None
 
     def _write(self, text: str) -> None:
@@ -196,7 +196,7 @@ class Verbs:
             with self._client.stream("POST", path, json=body) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise VerbError(_error_text(response))
+                    raise VerbError(error_text(response))
                 for line in response.iter_lines():
                     if line.strip():
                         chunk: dict[str, Any] = orjson.loads(line)
@@ -219,7 +219,7 @@ class Verbs:
             self._write(f"deleted '{model}'\n")
 
 
-def _error_text(response: httpx.Response) -> str:
+def error_text(response: httpx.Response) -> str:
     try:
         error = orjson.loads(response.content).get("error")
     except (orjson.JSONDecodeError, AttributeError):

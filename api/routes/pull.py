@@ -18,7 +18,6 @@ from arq.constants import result_key_prefix
 from arq.jobs import Job, JobResult, JobStatus
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, StrictBool
 from redis.asyncio import Redis
 
 from api import requests
@@ -42,16 +41,6 @@ NO_PULLER = "no worker can pull models (none has a writable HERD_MODELS_DIR)"
 STALL_S = 300.0
 #: What it ends with then (the pull itself stays queued: a later request follows it again).
 STALLED = "pull stalled: no worker has run it for a while"
-
-
-class PullRequest(BaseModel):
-    # unknown fields are ignored (username, password: deprecated), as Ollama's decoder does
-    model_config = ConfigDict(extra="ignore")
-
-    model: str = ""
-    name: str = ""  # deprecated spelling of ``model``
-    insecure: StrictBool | None = None
-    stream: StrictBool | None = None
 
 
 async def start_or_follow(redis: Redis, name: str, model: str, *, insecure: bool) -> str:
@@ -122,7 +111,7 @@ async def follow(redis: Redis, model: str, run: str) -> AsyncIterator[dict[str, 
 @router.post("/api/pull")
 async def pull(request: Request, state: StateDep) -> Response:
     raw = await request.body()
-    body = requests.parse(raw, PullRequest)
+    body = requests.parse(raw, requests.RegistryRequest)
     name = body.model or body.name
     if not name:
         raise InvalidRequest(names.INVALID)

@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, StrictBool
 
 from api import gofmt, requests
 from api.modelstore import required_store
@@ -38,16 +37,6 @@ router = APIRouter()
 MODEL_REQUIRED = "model is required"
 #: Ollama's status before the error of a model it cannot read.
 NOT_RETRIEVED = "couldn't retrieve manifest"
-
-
-class PushRequest(BaseModel):
-    # unknown fields are ignored (username, password: deprecated), as Ollama's decoder does
-    model_config = ConfigDict(extra="ignore")
-
-    model: str = ""
-    name: str = ""  # deprecated spelling of ``model``
-    insecure: StrictBool | None = None
-    stream: StrictBool | None = None
 
 
 async def _progress(
@@ -80,7 +69,7 @@ async def _progress(
 
 @router.post("/api/push")
 async def push(request: Request, state: StateDep) -> Response:
-    body = requests.parse(await request.body(), PushRequest)
+    body = requests.parse(await request.body(), requests.RegistryRequest)
     name = body.model or body.name
     if not name:
         raise InvalidRequest(MODEL_REQUIRED)

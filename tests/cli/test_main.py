@@ -16,7 +16,9 @@ import httpx
 import pytest
 
 from cli.ports import free_port
+from tests.api.test_metrics import API_FAMILIES
 from tests.metrics_text import parse, value
+from tests.worker.test_metrics import WORKER_FAMILIES
 
 HERD = [sys.executable, "-m", "cli"]
 
@@ -187,24 +189,6 @@ def test_serve_exposes_both_metrics_pages_to_prometheus_parser() -> None:
     finally:
         serve.send_signal(signal.SIGINT)
         assert _stopped(serve) == 0
-    for family, kind in {
-        "herd_requests": "counter",
-        "herd_request_duration_seconds": "histogram",
-        "herd_time_to_first_token_seconds": "histogram",
-        "herd_inter_token_latency_seconds": "histogram",
-        "herd_queue_wait_seconds": "histogram",
-        "herd_queue_depth": "gauge",
-        "herd_active_streams": "gauge",
-    }.items():
-        assert api_types.get(family) == kind, family
-    for family, kind in {
-        "herd_tokens_generated": "counter",
-        "herd_prompt_tokens": "counter",
-        "herd_jobs": "counter",
-        "herd_worker_slots": "gauge",
-        "herd_device_memory_bytes": "gauge",
-        "herd_model_load_seconds": "histogram",
-        "herd_models_loaded": "gauge",
-    }.items():
-        assert worker_types.get(family) == kind, family
+    assert {name: api_types.get(name) for name in API_FAMILIES} == API_FAMILIES
+    assert {name: worker_types.get(name) for name in WORKER_FAMILIES} == WORKER_FAMILIES
     assert value(worker_samples, "herd_jobs_total", model="watched:latest", outcome="stop") == 1
