@@ -22,11 +22,11 @@ pods agree within half a second, as they do on the workers' adverts.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from api.cache import Cached
 from api.registry import CACHE_S, Registry
 from shared import keys, names
 from shared.errors import InvalidRequest
@@ -45,21 +45,20 @@ class Aliases:
     def __init__(self, client: Redis, registry: Registry) -> None:
         self._client = client
         self._registry = registry
-        self._aliases: dict[str, str] = {}
-        self._deleted: set[str] = set()
-        self._read_at = float("-inf")
+        empty: tuple[dict[str, str], set[str]] = ({}, set())
+        self._names = Cached(self._load, empty, CACHE_S)
 
     async def _read(self, *, fresh: bool = False) -> tuple[dict[str, str], set[str]]:
         """The aliases and the deleted names, re-read at most every ``CACHE_S``."""
-        if fresh or time.monotonic() - self._read_at >= CACHE_S:
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.hgetall(keys.CATALOG_ALIASES)
-                pipe.smembers(keys.CATALOG_DELETED)
-                raw_aliases, raw_deleted = await pipe.execute()
-            self._aliases = {k.decode(): v.decode() for k, v in raw_aliases.items()}
-            self._deleted = {name.decode() for name in raw_deleted}
-            self._read_at = time.monotonic()
-        return self._aliases, self._deleted
+        return await self._names.get(fresh=fresh)
+
+    async def _load(self) -> tuple[dict[str, str], set[str]]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.CATALOG_ALIASES)
+            pipe.smembers(keys.CATALOG_DELETED)
+            raw_aliases, raw_deleted = await pipe.execute()
+        aliases = {k.decode(): v.decode() for k, v in raw_aliases.items()}
+        return aliases, {name.decode() for name in raw_deleted}
 
     async def resolve(self, name: str) -> ModelAdvert | None:
         """The served model a normalised name stands for; None if it names nothing."""
@@ -102,7 +101,7 @@ class Aliases:
                 pipe.hset(keys.CATALOG_ALIASES, destination, advert.name)
             pipe.srem(keys.CATALOG_DELETED, destination)
             await pipe.execute()
-        self._read_at = float("-inf")  # this pod sees its own change at once
+        self._names.expire()  # this pod sees its own change at once
         return True
 
     async def target(self, name: str) -> str | None:
@@ -117,13 +116,13 @@ class Aliases:
             pipe.hdel(keys.CATALOG_ALIASES, name)
             pipe.srem(keys.CATALOG_DELETED, name)
             await pipe.execute()
-        self._read_at = float("-inf")
+        self._names.expire()
 
     async def hide(self, name: str) -> None:
         """Keep ``name`` out of every listing and lookup (a model deleted from the store
         stays in the catalog of models seen, which every pod writes back)."""
         await self._client.sadd(keys.CATALOG_DELETED, name)  # type: ignore[misc]
-        self._read_at = float("-inf")
+        self._names.expire()
 
     async def delete(self, name: str) -> bool:
         """Make ``name`` name nothing; False if it named nothing already."""
@@ -133,5 +132,5 @@ class Aliases:
             if served:  # a served model of that name (perhaps shadowed by the alias) goes too
                 pipe.sadd(keys.CATALOG_DELETED, name)
             changes = await pipe.execute()
-        self._read_at = float("-inf")
+        self._names.expire()
         return any(changes)

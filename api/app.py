@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from api import http
 from api.aliases import Aliases
-from api.dispatch import Dispatcher, TokenRouter
+from api.dispatch import Dispatcher
 from api.metrics import ApiMetrics, RequestMetrics
 from api.metrics import router as metrics_router
 from api.registry import Registry
@@ -28,6 +28,7 @@ from api.routes import (
     status,
 )
 from api.state import AppState
+from api.tokens import TokenRouter
 from shared.redis import connect
 from shared.settings import Settings
 from shared.version import VERSION

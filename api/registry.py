@@ -18,6 +18,7 @@ import structlog
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
+from api.cache import Cached
 from shared import keys
 from shared.errors import InsufficientMemory
 from shared.messages import ModelAdvert, ReplicaPolicy, WorkerAdvert
@@ -44,23 +45,21 @@ def _gib(n: int) -> str:
 class Registry:
     def __init__(self, client: Redis) -> None:
         self._client = client
-        self._cached: list[WorkerAdvert] = []
-        self._cached_at = float("-inf")
+        self._adverts: Cached[list[WorkerAdvert]] = Cached(self._read, [], CACHE_S)
         #: What this process knows the catalog holds (it wrote or read it): name -> advert.
         self._seen: dict[str, ModelAdvert] = {}
 
     async def workers(self, *, fresh: bool = False) -> list[WorkerAdvert]:
         """Workers whose heartbeat is live."""
-        now = time.monotonic()
-        if not fresh and now - self._cached_at < CACHE_S:
-            return self._cached
+        return await self._adverts.get(fresh=fresh)
+
+    async def _read(self) -> list[WorkerAdvert]:
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.zrangebyscore(keys.WORKERS_INDEX, time.time(), "+inf")
             pipe.hlen(keys.CATALOG_SEEN)
             ids, n_catalogued = await pipe.execute()
         adverts = await adverts_of(self._client, ids)
         await self._record(adverts, lost=n_catalogued < len(self._seen))
-        self._cached, self._cached_at = adverts, now
         return adverts
 
     async def _record(self, adverts: list[WorkerAdvert], *, lost: bool) -> None:

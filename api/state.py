@@ -24,7 +24,8 @@ class AppState:
     aliases: Aliases
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async: FastAPI runs a plain def dependency in a thread, a hop per request
     state: AppState = request.app.state.herd
     return state
 
@@ -32,7 +33,7 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_aliases(state: StateDep) -> Aliases:
+async def get_aliases(state: StateDep) -> Aliases:
     return state.aliases
 
 

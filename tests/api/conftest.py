@@ -13,9 +13,10 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from api.aliases import Aliases
-from api.dispatch import Dispatcher, TokenRouter
+from api.dispatch import Dispatcher
 from api.registry import Registry
 from api.state import AppState
+from api.tokens import TokenRouter
 from shared import keys
 from shared.messages import LoadedModel, ModelAdvert, WorkerAdvert
 from tests.conftest import SettingsFactory

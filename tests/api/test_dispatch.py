@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from api.dispatch import QUEUE_LIMIT, Dispatcher, Event, TokenRouter
+from api.dispatch import Dispatcher
 from api.registry import Registry
+from api.relay import Event
+from api.tokens import QUEUE_LIMIT, TokenRouter
 from shared import keys
 from shared.errors import QUEUE_FULL, Unavailable
 from shared.messages import (

@@ -1,0 +1,191 @@
+"""The API process's one pub/sub subscriber, and the inbox of each request it feeds.
+
+``TokenRouter`` reads every request's token channel on one connection and hands each
+message to that request's ``Inbox``. Pub/sub does not buffer: a request subscribes before
+its job is queued (``api.dispatch``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import deque
+
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from shared import keys
+
+log = structlog.get_logger()
+
+Item = bytes | BaseException
+
+
+class Inbox:
+    """One request's messages, in order: a bounded FIFO with a single reader.
+
+    ``asyncio.Queue`` and ``asyncio.timeout`` cost several times what a token's relay
+    does otherwise; a stream waits for most of its tokens, so the wait is one future and
+    one timer, only when the inbox is empty.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[Item] = deque()
+        self._limit = limit
+        self._waiter: asyncio.Future[None] | None = None
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: Item) -> None:
+        """Add ``item``; ``asyncio.QueueFull`` when ``limit`` items wait already."""
+        if len(self._items) >= self._limit:
+            raise asyncio.QueueFull
+        self._items.append(item)
+        self._wake()
+
+    def fail(self, exc: BaseException) -> None:
+        """Drop what waits: the reader gets ``exc`` next."""
+        self._items.clear()
+        self._items.append(exc)
+        self._wake()
+
+    def get_nowait(self) -> Item:
+        return self._items.popleft()
+
+    async def get(self, timeout_s: float) -> Item | None:
+        """The next item; None when none came within ``timeout_s``."""
+        if not self._items:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout_s, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        return self._items.popleft() if self._items else None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+#: Chunks a slow client may fall behind by before its stream is failed (bounded memory).
+QUEUE_LIMIT = 4096
+
+
+class SlowConsumer(Exception):
+    """A request's queue overflowed: its client reads slower than the model writes."""
+
+
+class TokenRouter:
+    """One pub/sub connection per API process, routing chunk events to per-request queues.
+
+    redis-py holds a connection per ``PubSub`` (and a pool stops at a limit), so requests
+    never get their own: they register a queue here, and one reader task hands each
+    message to the queue of its channel. A permanent control channel keeps the connection
+    subscribed, so a request's SUBSCRIBE is only a write and never races the reader.
+    """
+
+    def __init__(self, client: Redis) -> None:
+        self._client = client
+        self._pubsub: PubSub | None = None
+        self._queues: dict[bytes, Inbox] = {}
+        #: Channels that have had an event: a disconnect may have cost them one.
+        self._heard: set[bytes] = set()
+        self._reader: asyncio.Task[None] | None = None
+        self._control = keys.token_channel(f"router-{uuid.uuid4().hex}")
+        # redis-py's PubSub opens its connection lazily; two first SUBSCRIBEs at once would
+        # open two, and messages for one of them would never be read
+        self._subscribing = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Start routing; Redis need not be up yet (the API starts and reports unready)."""
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        self._reader = asyncio.create_task(self._read(), name="token-router")
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._pubsub is not None:
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def subscribe(self, channel: str) -> Inbox:
+        """Register an inbox and SUBSCRIBE; returns once Redis has the subscription."""
+        assert self._pubsub is not None, "router not started"
+        queue = Inbox(QUEUE_LIMIT)
+        self._queues[channel.encode()] = queue
+        async with self._subscribing:
+            await self._pubsub.subscribe(channel)
+        return queue
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._queues.pop(channel.encode(), None)
+        self._heard.discard(channel.encode())
+        if self._pubsub is not None:
+            await self._pubsub.unsubscribe(channel)
+
+    async def _read(self) -> None:
+        assert self._pubsub is not None
+        while True:
+            try:
+                if not self._pubsub.subscribed:  # the start, or a fresh one after a drop
+                    async with self._subscribing:
+                        await self._pubsub.subscribe(self._control, *self._queues)
+                message = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=1.0
+                )
+            except (RedisError, OSError) as exc:
+                # chunks published while we are disconnected are lost: a request whose job
+                # has begun would see a gap later, so it fails now. One still waiting for
+                # its job to start keeps waiting: its job is queued (Redis's AOF keeps it)
+                # and its channel is subscribed again on the fresh PubSub, unlike the failed
+                # ones' (redis-py would re-subscribe those, and their jobs would run for
+                # clients that are gone)
+                log.warning("token_router_disconnected", error=str(exc))
+                self._fail_heard(exc)
+                await self._renew()
+                await asyncio.sleep(0.5)
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            queue = self._queues.get(message["channel"])
+            if queue is None:
+                continue
+            self._heard.add(message["channel"])
+            try:
+                queue.put_nowait(message["data"])
+            except asyncio.QueueFull:
+                self._queues.pop(message["channel"], None)
+                queue.fail(SlowConsumer("client reads too slowly"))
+                # nobody listens any more: the worker's next chunk reaches no one and it
+                # stops generating at once, instead of writing to the end for nobody
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.unsubscribe(message["channel"])
+
+    async def _renew(self) -> None:
+        old, self._pubsub = self._pubsub, self._client.pubsub(ignore_subscribe_messages=True)
+        if old is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await old.aclose()  # type: ignore[no-untyped-call]
+
+    def _fail_heard(self, exc: BaseException) -> None:
+        for channel in self._heard:
+            queue = self._queues.pop(channel, None)
+            if queue is not None:
+                queue.fail(exc)
+        self._heard.clear()
