@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections import deque
 
@@ -22,6 +23,14 @@ from shared import keys
 log = structlog.get_logger()
 
 Item = bytes | BaseException
+
+#: The router publishes on its own control channel this often, so its reader hears from
+#: a live connection at least this often: its reads then wait without a timer each (the
+#: timer was a fifth of the router's cost per token) ...
+HEARTBEAT_S = 1.0
+#: ... and a read that heard nothing for this long is on a connection gone silent (a peer
+#: lost without a reset, which redis-py's own reads never noticed): it starts over.
+SILENT_S = 5.0
 
 
 class Inbox:
@@ -106,6 +115,11 @@ class TokenRouter:
         #: Channels that have had an event: a disconnect may have cost them one.
         self._heard: set[bytes] = set()
         self._reader: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        #: When the reader last heard a message (its own heartbeats too).
+        self._heard_at = time.monotonic()
+        #: Whether the reader is waiting in a read now (not reconnecting).
+        self._reading = False
         self._control = keys.token_channel(f"router-{uuid.uuid4().hex}")
         # redis-py's PubSub opens its connection lazily; two first SUBSCRIBEs at once would
         # open two, and messages for one of them would never be read
@@ -115,12 +129,14 @@ class TokenRouter:
         """Start routing; Redis need not be up yet (the API starts and reports unready)."""
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         self._reader = asyncio.create_task(self._read(), name="token-router")
+        self._watchdog = asyncio.create_task(self._watch(), name="token-router-watchdog")
 
     async def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        for task in (self._watchdog, self._reader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._pubsub is not None:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
@@ -146,9 +162,13 @@ class TokenRouter:
                 if not self._pubsub.subscribed:  # the start, or a fresh one after a drop
                     async with self._subscribing:
                         await self._pubsub.subscribe(self._control, *self._queues)
-                message = await self._pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=1.0
-                )
+                self._reading = True
+                try:  # no timeout: the heartbeats bound the wait (``_watch``)
+                    message = await self._pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=None
+                    )
+                finally:
+                    self._reading = False
             except (RedisError, OSError) as exc:
                 # chunks published while we are disconnected are lost: a request whose job
                 # has begun would see a gap later, so it fails now. One still waiting for
@@ -161,6 +181,7 @@ class TokenRouter:
                 await self._renew()
                 await asyncio.sleep(0.5)
                 continue
+            self._heard_at = time.monotonic()
             if message is None or message.get("type") != "message":
                 continue
             queue = self._queues.get(message["channel"])
@@ -177,11 +198,32 @@ class TokenRouter:
                 with contextlib.suppress(RedisError, OSError):
                     await self._pubsub.unsubscribe(message["channel"])
 
+    async def _watch(self) -> None:
+        """Publish a heartbeat on the control channel every ``HEARTBEAT_S``; a reader that
+        has waited ``SILENT_S`` without hearing one starts over on a fresh connection."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(HEARTBEAT_S):  # this client has no socket timeout
+                    await self._client.publish(self._control, b"")
+            silent = time.monotonic() - self._heard_at
+            if self._reading and silent > SILENT_S and self._reader is not None:
+                log.warning("token_router_silent", seconds=round(silent, 1))
+                self._reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._reader
+                # as a disconnect: what was published meanwhile is lost
+                self._fail_heard(ConnectionError("the token stream went silent"))
+                await self._renew()
+                self._heard_at = time.monotonic()
+                self._reader = asyncio.create_task(self._read(), name="token-router")
+
     async def _renew(self) -> None:
         old, self._pubsub = self._pubsub, self._client.pubsub(ignore_subscribe_messages=True)
         if old is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await old.aclose()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(HEARTBEAT_S):  # a silent peer may not answer a close
+                    await old.aclose()  # type: ignore[no-untyped-call]
 
     def _fail_heard(self, exc: BaseException) -> None:
         for channel in self._heard:

@@ -32,7 +32,8 @@ Delivery semantics:
   (``worker.placement``), made by every worker from the same view, with a Redis ticket
   so that exactly one loads; ``worker.residency`` keeps them (keep_alive, eviction by
   memory), and a control stream of its own (``worker.control``) unloads models on the
-  API's request.
+  API's request. Which models it serves (its store's, and others' it may fetch into it)
+  is ``worker.serving``'s.
 - The advert is rewritten every interval, and at once when a model loads or unloads.
 - On SIGTERM the worker stops claiming and placing at once, advertises ``ready: false``,
   and drains (``worker.drain``): jobs it can give back go to their model's stream as new
@@ -55,20 +56,19 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
-from shared.messages import DeviceInfo, GenerateJob, LoadOptions, ModelAdvert
-from shared.queues import live_workers
+from shared.messages import DeviceInfo, GenerateJob
 from shared.settings import Settings
-from worker import control, drain, poison, pulls
+from worker import control, drain, poison
 from worker.devices import Devices
 from worker.engine import Engine
 from worker.fake_engine import fake_device
 from worker.heartbeat import Advertiser, ModelInfoSource
 from worker.jobs import JobRunner
 from worker.metrics import WorkerMetrics
-from worker.model_files import served_files
 from worker.placement.placer import Placer
 from worker.placement.plan import Node, Replica
 from worker.residency import Residency
+from worker.serving import StoreServing
 
 log = structlog.get_logger()
 
@@ -92,21 +92,6 @@ class Worker:
         self.devices = fake or (devices if devices is not None else Devices())
         self.advertiser = Advertiser(client, self.id, engine.name, settings.heartbeat_ttl_s)
         self._tasks: set[asyncio.Task[None]] = set()
-        #: Each served model's job stream (changed in place by a store rescan: the claim
-        #: loop and the placer read this very dict).
-        self._models_by_stream = {keys.job_stream(m.name): m.name for m in engine.models()}
-        #: Each served model's digest, to see a model whose file changed in a rescan.
-        self._digests = {m.name: m.digest for m in engine.models()}
-        #: ``keys.STORE_VERSION`` as last rescanned (None: never; a missing key reads None).
-        self._store_version: bytes | None = None
-        self._rescanning = asyncio.Lock()
-        #: The store this worker can pull into (None: none, or not writable).
-        self._store_root = pulls.writable_store(settings)
-        #: Models pulled from a registry into another worker's store that this one may
-        #: serve too, pulling them into its own first (``fetch``): their adverts.
-        self._fetchable: dict[str, ModelAdvert] = {}
-        #: Each fetchable model's ``insecure`` (``keys.STORE_SOURCES``).
-        self._insecure: dict[str, bool] = {}
         self._own_stream = keys.worker_jobs(self.id)
         #: Jobs claimed per model and not finished yet.
         self._inflight: dict[str, int] = {}
@@ -139,18 +124,24 @@ class Worker:
             claimed=lambda name: self._inflight.get(name, 0),
             on_loaded=lambda name, seconds: self.metrics.model_load.labels(name).observe(seconds),
         )
-        #: What loading each servable model with default options takes here.
-        self._needs = {
-            m.name: engine.memory_required(m.name, engine.effective_options(m.name, LoadOptions()))
-            for m in engine.models()
-        }
+        #: Which models it serves: its store's, and those it may fetch into it.
+        self.store = StoreServing(
+            settings,
+            client,
+            engine,
+            self.residency,
+            self._stopping,
+            self._models_changed,
+            self._beat,
+        )
+        self._models_by_stream = self.store.models_by_stream  # the same dict, changed in place
         self.placer = Placer(
             client,
             settings,
             self._models_by_stream.values(),
             self.residency,
             self.node,
-            fetch=self.fetch,
+            fetch=self.store.fetch,
         )
         self._jobs = JobRunner(client, engine, self.residency, self.id, self._beat, self.metrics)
         self.metrics.watch(self)
@@ -203,12 +194,12 @@ class Worker:
             id=self.id,
             memory_total=total,
             memory_free=free,
-            servable=self._needs,
+            servable=self.store.needs,
             replicas={
                 name: Replica(
                     # jobs claimed count from the claim, not from when they attach
                     max(self.residency.busy(name), self._inflight.get(name, 0)),
-                    self._needs.get(name, 0),
+                    self.store.needs.get(name, 0),
                     kept=name in kept,
                     idle_s=self.residency.idle_s(name),
                     expires_in_s=self.residency.expires_in_s(name),
@@ -477,12 +468,12 @@ class Worker:
             devices = await asyncio.to_thread(self.devices.snapshot)
             self._seen_devices = devices
             models = [
-                m.model_copy(update={"memory_bytes": self._needs.get(m.name, m.memory_bytes)})
+                m.model_copy(update={"memory_bytes": self.store.needs.get(m.name, m.memory_bytes)})
                 for m in self.engine.models()
             ]
             info = list(models)  # the engine has no metadata of a fetchable model yet
             known = {m.name for m in models}
-            models += [a for n, a in self._fetchable.items() if n not in known]
+            models += [a for n, a in self.store.fetchable.items() if n not in known]
             loaded = self.residency.loaded()
             total, free = self.memory()
             advert = self.advertiser.advert(
@@ -511,129 +502,15 @@ class Worker:
                 async with asyncio.timeout(self.settings.heartbeat_interval_s):
                     await self._beat_soon.wait()
             try:
-                await self._rescan_store()
-                await self._find_fetchable()
+                await self.store.rescan()
+                await self.store.find_fetchable()
                 await self._beat()
             except (RedisError, OSError) as exc:
                 log.warning("heartbeat_failed", error=str(exc))
 
     async def store_changed(self) -> None:
-        """This process wrote the store (a pull): serve and advertise it now, so the model
-        is there when its client hears ``success``, not at the next heartbeat."""
-        await self._rescan_store()
-        await self._beat()
-
-    async def _rescan_store(self) -> None:
-        """Serve what the store holds now if a writer bumped ``keys.STORE_VERSION`` since
-        the last look (a missing key, never bumped, reads as None: nothing to do)."""
-        async with self._rescanning:  # the heartbeat's and a pull's: one at a time
-            await self._rescan_store_once()
-
-    async def _rescan_store_once(self) -> None:
-        if self.settings.models_dir is None:
-            return  # no store here: another's writes change nothing this worker serves
-        version = await self._client.get(keys.STORE_VERSION)
-        if version == self._store_version or self._stopping.is_set():
-            return
-        try:  # reading the store and the new GGUF headers is file I/O: off the event loop
-            specs = await asyncio.to_thread(served_files, self.settings)
-            await asyncio.to_thread(self.engine.set_models, specs)
-        except Exception:  # a store that cannot be read must not stop the heartbeat
-            log.exception("store_rescan_failed")
-            return  # the version stays unseen: the next heartbeat tries again
-        await self._serve(self.engine.models())
-        self._store_version = version  # only once served: a Redis error retries it
-
-    async def _find_fetchable(self) -> None:
-        """Which models pulled into other workers' stores this one could pull into its own:
-        each of ``keys.STORE_SOURCES`` not served here whose advert is known (a live
-        worker's, else the catalog's). Served like the store's (placement may pick this
-        worker, which then pulls it first: ``fetch``)."""
-        if self._store_root is None or self._stopping.is_set():
-            return
-        sources = await self._client.hgetall(keys.STORE_SOURCES)  # type: ignore[misc]
-        local = {m.name for m in self.engine.models()}
-        wanted: dict[str, bool] = {}
-        for raw, value in sources.items():
-            name = raw.decode() if isinstance(raw, bytes) else str(raw)
-            if name in local or name in self.residency.resident():
-                continue
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                wanted[name] = bool(orjson.loads(value).get("insecure", False))
-        found: dict[str, ModelAdvert] = {}
-        if wanted:
-            for advert in await live_workers(self._client):
-                for model in advert.models:
-                    if model.name in wanted and advert.worker_id != self.id:
-                        found.setdefault(model.name, model)
-            for name in wanted.keys() - found.keys():
-                raw_advert = await self._client.hget(keys.CATALOG_SEEN, name)  # type: ignore[misc]
-                if raw_advert is not None:
-                    with contextlib.suppress(ValidationError):
-                        found[name] = ModelAdvert.model_validate_json(raw_advert)
-        self._insecure = {n: wanted[n] for n in found}
-        if found.keys() == self._fetchable.keys():
-            return
-        async with self._rescanning:  # _serve's state: one writer at a time
-            self._fetchable = found
-            await self._serve(self.engine.models())
-
-    async def fetch(self, model: str) -> None:
-        """Placement loads ``model`` here: if this worker's store lacks it (fetchable),
-        pull it from its registry into the store first, then serve the store anew."""
-        root = self._store_root
-        if root is None or model not in self._fetchable:
-            return
-        if model in {m.name for m in self.engine.models()}:
-            return  # a rescan brought it already
-        log.info("model_fetch", model=model)
-        await pulls.fetch(
-            self.settings, root, self._client, model, self._insecure.get(model, False)
-        )
-        await self.store_changed()
-        log.info("model_fetched", model=model)
-
-    async def _serve(self, adverts: list[ModelAdvert]) -> None:
-        """Claim, place and advertise exactly ``adverts``' models, and the fetchable ones:
-        a new model's stream gets its group before it is read; a removed or changed model
-        (another digest) is unloaded once idle, and a removed one's stream is no longer
-        read."""
-        known = {m.name for m in adverts}
-        fetchable = [a for n, a in self._fetchable.items() if n not in known]
-        digests = {m.name: m.digest for m in [*adverts, *fetchable]}
-        added = digests.keys() - self._digests.keys()
-        removed = self._digests.keys() - digests.keys()
-        changed = {
-            n for n in digests.keys() & self._digests.keys() if digests[n] != self._digests[n]
-        }
-        if not (added or removed or changed):
-            return
-        for name in sorted(added):
-            with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
-                await self._client.xgroup_create(
-                    keys.job_stream(name), keys.JOB_GROUP, id="0", mkstream=True
-                )
-        for name in removed:
-            del self._models_by_stream[keys.job_stream(name)]
-        for name in added:
-            self._models_by_stream[keys.job_stream(name)] = name
-        self._digests = digests
-        self._needs = {
-            m.name: self.engine.memory_required(
-                m.name, self.engine.effective_options(m.name, LoadOptions())
-            )
-            for m in adverts
-        }
-        # the engine knows a fetchable model only once it is in the store: its advert says
-        self._needs.update({m.name: m.memory_bytes or m.size_bytes for m in fetchable})
-        for name in removed:
-            self.residency.expire(name)  # once idle: a running answer finishes
-        for name in changed:
-            self.residency.replaced(name)  # the next job loads the new file
-        log.info(
-            "store_rescanned", added=sorted(added), removed=sorted(removed), changed=sorted(changed)
-        )
-        self._models_changed()
+        """This process wrote the store (a pull): serve and advertise it now (``StoreServing``)."""
+        await self.store.store_changed()
 
     async def _reclaim(self, room: dict[str, int]) -> list[Orphan]:
         """Take over pending jobs of workers whose advert expired: on each stream of

@@ -77,4 +77,11 @@ async def serve_worker(settings: Settings, probe_socket: socket.socket) -> None:
 
 
 def main(settings: Settings, probe_socket: socket.socket) -> None:
-    asyncio.run(serve_worker(settings, probe_socket))
+    # every token passes through this loop (hand-off from the model's thread, PUBLISH):
+    # uvloop's costs less CPU, which llama.cpp's threads get back (docs/benchmarks.md)
+    try:
+        import uvloop
+    except ImportError:  # not on Windows
+        asyncio.run(serve_worker(settings, probe_socket))
+    else:
+        uvloop.run(serve_worker(settings, probe_socket))

@@ -1,6 +1,6 @@
 """Telling the workers that a store changed: every writer (pull, create, copy, delete)
 bumps ``keys.STORE_VERSION`` after its write; each worker compares it on its heartbeat and
-rescans its store when it moved (``worker.consumer``)."""
+rescans its store when it moved (``worker.serving``)."""
 
 from __future__ import annotations
 

@@ -15,6 +15,15 @@ def test_timestamp_is_rfc3339_utc_with_trimmed_fraction() -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", responses.timestamp())
 
 
+def test_the_current_timestamp_is_now() -> None:
+    """The fast path for the current time (its second cached) tells the same time."""
+    for _ in range(3):
+        before = datetime.now(UTC)
+        now = datetime.fromisoformat(responses.timestamp())
+        after = datetime.now(UTC)
+        assert before <= now <= after
+
+
 def test_metrics_leave_out_zero_values() -> None:
     done = DoneEvent(
         request_id="r",

@@ -1,13 +1,19 @@
-"""api.tokens.Inbox: a request's messages in order, bounded, with a wait that gives up."""
+"""api.tokens: each request's Inbox (in order, bounded, a wait that gives up) and the
+TokenRouter that feeds them (a slow reader, a connection gone silent)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import pytest
+from redis.asyncio import Redis
 
-from api.tokens import Inbox
+from api import tokens
+from api.tokens import QUEUE_LIMIT, Inbox, TokenRouter
+from tests.polling import until
 
 
 async def test_items_come_out_in_order() -> None:
@@ -58,3 +64,118 @@ async def test_a_cancelled_reader_leaves_the_inbox_usable() -> None:
         await reader
     inbox.put_nowait(b"y")
     assert await inbox.get(1.0) == b"y"
+
+
+async def test_a_slow_reader_fails_instead_of_buffering_without_bound(
+    redis: Redis, redis_url: str
+) -> None:
+    subscriber = Redis.from_url(redis_url)
+    router = TokenRouter(subscriber)
+    await router.start()
+    try:
+        queue = await router.subscribe("herd-test-slow")
+        async with redis.pipeline(transaction=False) as pipe:
+            for _ in range(QUEUE_LIMIT + 10):
+                pipe.publish("herd-test-slow", b"x")
+            await pipe.execute()
+        await until(lambda: queue.qsize() == 1)
+        item = queue.get_nowait()
+        assert isinstance(item, BaseException) and "too slowly" in str(item)
+    finally:
+        await router.stop()
+        await subscriber.aclose()
+
+
+class SilentProxy:
+    """A TCP proxy to Redis whose open connections can go silent: bytes are dropped both
+    ways and nothing is closed, as when a peer is lost without a reset. Connections opened
+    afterwards work."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self._upstream = upstream
+        self._live: list[list[bool]] = []  # one flag per connection: still forwarding
+        self._pumps: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+
+    def silence(self) -> None:
+        for flag in self._live:
+            flag[0] = False
+
+    async def close(self) -> None:
+        for pump in self._pumps:
+            pump.cancel()
+        for writer in self._writers:
+            writer.close()
+        if self.server is not None:
+            self.server.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        flag = [True]
+        self._live.append(flag)
+        self._writers += [writer, up_writer]
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            pump = asyncio.create_task(self._pump(source, sink, flag))
+            self._pumps.add(pump)
+
+    @staticmethod
+    async def _pump(
+        source: asyncio.StreamReader, sink: asyncio.StreamWriter, flag: list[bool]
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := await source.read(65536):
+                if flag[0]:
+                    sink.write(data)
+                    await sink.drain()
+
+
+@pytest.fixture
+async def proxy(redis_url: str) -> AsyncIterator[SilentProxy]:
+    host_port = redis_url.split("//", 1)[1].split("/", 1)[0]
+    host, port = host_port.rsplit(":", 1)
+    found = SilentProxy((host, int(port)))
+    await found.start()
+    yield found
+    await found.close()
+
+
+async def _heard(redis: Redis, channel: str, inbox: Inbox) -> bool:
+    """Publish on ``channel`` (a subscription through the proxy may not be in place yet);
+    whether ``inbox`` has had a message."""
+    await redis.publish(channel, b"hello")
+    return inbox.qsize() > 0
+
+
+async def test_a_connection_gone_silent_is_found_and_replaced(
+    redis: Redis, proxy: SilentProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The router's connection stops delivering (no reset): a stream that had begun fails
+    (what was published meanwhile is lost), and the router goes on, on a fresh connection."""
+    monkeypatch.setattr(tokens, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(tokens, "SILENT_S", 0.5)
+    subscriber = Redis(host="127.0.0.1", port=proxy.port)
+    router = TokenRouter(subscriber)
+    await router.start()
+    try:
+        begun = await router.subscribe("herd-test-begun")
+        await until(lambda: _heard(redis, "herd-test-begun", begun), message="not subscribed")
+        while not begun.empty():
+            assert begun.get_nowait() == b"hello"
+        proxy.silence()
+        failed = await begun.get(5.0)
+        assert isinstance(failed, ConnectionError) and "silent" in str(failed)
+        later = await router.subscribe("herd-test-later")
+        await until(lambda: _heard(redis, "herd-test-later", later), message="not recovered")
+    finally:
+        await router.stop()
+        await subscriber.aclose()

@@ -1,6 +1,6 @@
 """A cluster without a shared volume: each worker has a store of its own, and a model the
 cluster pulled from a registry into one of them is pulled by another worker into its own
-store when placement has that worker load it (``Worker.fetch``)."""
+store when placement has that worker load it (``worker.serving.StoreServing.fetch``)."""
 
 from __future__ import annotations
 
