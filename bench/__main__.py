@@ -36,7 +36,7 @@ import httpx
 
 from bench import herd, llama_server, report
 from bench.common import MODEL, Config, Round, Stream, percentile, prompt
-from bench.dispatch import measure
+from bench.dispatch import LONG_TOKENS, measure
 
 
 @dataclass(frozen=True)
@@ -150,9 +150,11 @@ def _model_benches(
     # imported here: they load llama_cpp, which the dispatch bench alone does not need
     from bench.direct import Direct
     from bench.engine import Ceiling
+    from bench.engine_alone import EngineAlone
 
     ceiling = Ceiling(config)
     direct = Direct(config) if "single" not in args.skip else None
+    alone = EngineAlone(config) if "single" not in args.skip else None
     cells: dict[str, dict[str, Any]] = {}
     levels = plan.concurrency if "concurrency" not in args.skip else [1]
     if "single" not in args.skip and 1 not in levels:
@@ -161,8 +163,8 @@ def _model_benches(
         for n in levels:
             slots = args.slots or n
             with herd.Cluster(herd.llama_env(slots, config.n_ctx)) as cluster:
-                if n == 1 and direct is not None:
-                    results["single"] = _single(direct, cluster, plan)
+                if n == 1 and direct is not None and alone is not None:
+                    results["single"] = _single(direct, alone, cluster, plan)
                 if "concurrency" in args.skip or n not in plan.concurrency:
                     continue
                 server = (
@@ -184,33 +186,40 @@ def _model_benches(
         ceiling.close()
         if direct is not None:
             direct.close()
+        if alone is not None:
+            alone.close()
     if cells:
         results["cells"] = cells
 
 
-def _single(direct: Any, cluster: herd.Cluster, plan: Plan) -> dict[str, Any]:
-    """Alternating trials; trial -1 of each side warms up and is dropped. Besides the
-    client's view, the CPU time each side's processes spent per request (robust to a busy
-    machine, unlike wall time) and Herd's own split of its TTFT."""
-    sides: dict[str, list[Stream]] = {report.DIRECT: [], report.HERD: []}
+def _single(direct: Any, alone: Any, cluster: herd.Cluster, plan: Plan) -> dict[str, Any]:
+    """Alternating trials (direct, Herd's engine alone, Herd); trial -1 of each side
+    warms up and is dropped. Besides the client's view, the CPU time each side's processes
+    spent per request (robust to a busy machine, unlike wall time) and Herd's own split
+    of its TTFT."""
+    sides: dict[str, list[Stream]] = {report.DIRECT: [], report.ENGINE: [], report.HERD: []}
     cpu: dict[str, float] = {}
     with httpx.Client(base_url=cluster.url, timeout=600) as client:
         for trial in range(-1, plan.single_trials):
-            text = prompt(1000 + trial, 0)  # both sides the same text, new to each
+            text = prompt(1000 + trial, 0)  # every side the same text, new to each
             before = time.process_time()
             d = direct.stream(text, plan.single_tokens)
             direct_cpu = time.process_time() - before
+            e, engine_cpu = alone.stream(text, plan.single_tokens)
             procs = cluster.cpu_seconds()
             h = herd.stream_sync(client, text, plan.single_tokens)
             if trial >= 0:
                 cpu[report.DIRECT] = cpu.get(report.DIRECT, 0.0) + direct_cpu
+                cpu[report.ENGINE] = cpu.get(report.ENGINE, 0.0) + engine_cpu
                 for name, used in cluster.cpu_seconds().items():
                     cpu[name] = cpu.get(name, 0.0) + used - procs[name]
                 sides[report.DIRECT].append(d)
+                sides[report.ENGINE].append(e)
                 sides[report.HERD].append(h)
                 print(
                     f"single trial {trial}: direct ttft {1000 * d.ttft:.1f} ms "
-                    f"{d.decode_tps:.1f} tok/s | herd ttft {1000 * h.ttft:.1f} ms "
+                    f"{d.decode_tps:.1f} tok/s | engine ttft {1000 * e.ttft:.1f} ms "
+                    f"{e.decode_tps:.1f} tok/s | herd ttft {1000 * h.ttft:.1f} ms "
                     f"{h.decode_tps:.1f} tok/s"
                 )
     d_sum = report.summary(sides[report.DIRECT], [])
@@ -233,6 +242,7 @@ def _single(direct: Any, cluster: herd.Cluster, plan: Plan) -> dict[str, Any]:
     trials = max(1, len(herd_streams))
     single = {
         report.DIRECT: d_sum,
+        report.ENGINE: report.summary(sides[report.ENGINE], []),
         report.HERD: h_sum,
         "herd_ttft_split_p50_ms": split,
         # CPU ms per request: the bench process for direct, each process for Herd
@@ -293,12 +303,29 @@ def _print_cell(cell: dict[str, Any]) -> None:
 
 
 def _dispatch(plan: Plan) -> dict[str, Any]:
-    chunks = measure(plan.dispatch_clients, plan.dispatch_seconds, plan.dispatch_procs, stream=True)
-    jobs = measure(plan.dispatch_clients, plan.dispatch_seconds, plan.dispatch_procs, stream=False)
+    def run(*, stream: bool, long: bool = False) -> dict[str, Any]:
+        got = measure(
+            plan.dispatch_clients,
+            plan.dispatch_seconds,
+            plan.dispatch_procs,
+            stream=stream,
+            long=long,
+        )
+        rates = {
+            "chunks_per_s": got.chunks_per_s,
+            "jobs_per_s": got.jobs_per_s,
+            "tokens_per_s": got.tokens_per_s,
+            "api_us_per_chunk": got.api_us_per_chunk,
+            "api_us_per_job": got.api_us_per_job,
+        }
+        return {**got.__dict__, **rates}
+
     result = {
-        "chunks": {**chunks.__dict__, "chunks_per_s": chunks.chunks_per_s},
-        "jobs": {**jobs.__dict__, "jobs_per_s": jobs.jobs_per_s},
+        "chunks": run(stream=True),
+        "long": run(stream=True, long=True),
+        "jobs": run(stream=False),
         "client_procs": plan.dispatch_procs,
+        "long_tokens": LONG_TOKENS,
     }
     print(report.dispatch_table(result))
     return result

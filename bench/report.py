@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from bench.common import Round, Stream, percentile
 
 CEILING, HERD, SERVER, DIRECT = "ceiling", "herd", "llama-server", "direct"
+#: The single-stream side that runs Herd's engine alone (``bench.engine_alone``).
+ENGINE = "engine"
 #: The issue's targets.
 TARGET_VS_CEILING = 0.9
 TARGET_VS_SERVER = 1.05
@@ -58,21 +60,45 @@ def _mark(value: float, target: float) -> str:
 
 def single_table(single: dict[str, Any]) -> str:
     d, h = single[DIRECT], single[HERD]
+    e = single.get(ENGINE)
+
+    def mid(cell: Callable[[dict[str, Any]], str]) -> str:
+        """Herd's engine alone, when measured: between direct and Herd."""
+        return f" {cell(e)} |" if e is not None else ""
+
     rows = [
-        "| metric | llama-cpp-python | herd | herd vs direct |",
-        "|---|---:|---:|---:|",
-        f"| decode tokens/s (p50 of streams) | {_f(d['decode_tps_p50'])} | "
-        f"{_f(h['decode_tps_p50'])} | {_f(single['decode_ratio'], 3)}"
+        "| metric | llama-cpp-python |"
+        + (" Herd's engine alone |" if e is not None else "")
+        + " herd | herd vs direct |",
+        "|---|---:|" + ("---:|" if e is not None else "") + "---:|---:|",
+        f"| decode tokens/s (p50 of streams) | {_f(d['decode_tps_p50'])} |"
+        + mid(lambda s: _f(s["decode_tps_p50"]))
+        + f" {_f(h['decode_tps_p50'])} | {_f(single['decode_ratio'], 3)}"
         f"{_mark(single['decode_ratio'], TARGET_SINGLE)} |",
-        f"| TTFT p50, ms | {_f(d['ttft_p50_ms'])} | {_f(h['ttft_p50_ms'])} | "
-        f"{single['ttft_overhead_p50_ms']:+.1f}"
+        f"| TTFT p50, ms | {_f(d['ttft_p50_ms'])} |"
+        + mid(lambda s: _f(s["ttft_p50_ms"]))
+        + f" {_f(h['ttft_p50_ms'])} | {single['ttft_overhead_p50_ms']:+.1f}"
         f"{_mark(TARGET_TTFT_OVERHEAD_MS - single['ttft_overhead_p50_ms'], 0)} |",
-        f"| TTFT p99, ms | {_f(d['ttft_p99_ms'])} | {_f(h['ttft_p99_ms'])} | "
-        f"{h['ttft_p99_ms'] - d['ttft_p99_ms']:+.1f} |",
-        f"| inter-token p50, ms | {_f(d['itl_p50_ms'], 2)} | {_f(h['itl_p50_ms'], 2)} | |",
-        f"| inter-token p99, ms | {_f(d['itl_p99_ms'], 2)} | {_f(h['itl_p99_ms'], 2)} | |",
-        f"| tokens per stream | {d['tokens']} | {h['tokens']} | |",
+        f"| TTFT p99, ms | {_f(d['ttft_p99_ms'])} |"
+        + mid(lambda s: _f(s["ttft_p99_ms"]))
+        + f" {_f(h['ttft_p99_ms'])} | {h['ttft_p99_ms'] - d['ttft_p99_ms']:+.1f} |",
+        f"| inter-token p50, ms | {_f(d['itl_p50_ms'], 2)} |"
+        + mid(lambda s: _f(s["itl_p50_ms"], 2))
+        + f" {_f(h['itl_p50_ms'], 2)} | |",
+        f"| inter-token p99, ms | {_f(d['itl_p99_ms'], 2)} |"
+        + mid(lambda s: _f(s["itl_p99_ms"], 2))
+        + f" {_f(h['itl_p99_ms'], 2)} | |",
+        f"| tokens per stream | {d['tokens']} |"
+        + mid(lambda s: str(s["tokens"]))
+        + f" {h['tokens']} | |",
     ]
+    if e is not None:
+        rows.append(
+            f"\nHerd's engine alone against direct: decode "
+            f"{_f(e['decode_tps_p50'] / d['decode_tps_p50'], 3)}x; Herd against its own "
+            f"engine: decode {_f(h['decode_tps_p50'] / e['decode_tps_p50'], 3)}x (what "
+            "Redis, the API, HTTP and the client cost the stream)."
+        )
     split = single.get("herd_ttft_split_p50_ms")
     if split:
         rows.append(
@@ -83,10 +109,12 @@ def single_table(single: dict[str, Any]) -> str:
         )
     cpu = single.get("cpu_ms_per_request")
     if cpu:
-        herd_total = sum(v for k, v in cpu.items() if k != DIRECT)
-        parts = ", ".join(f"{k} {_f(v)}" for k, v in cpu.items() if k != DIRECT)
+        own = (DIRECT, ENGINE)
+        herd_total = sum(v for k, v in cpu.items() if k not in own)
+        parts = ", ".join(f"{k} {_f(v)}" for k, v in cpu.items() if k not in own)
+        engine = f"; Herd's engine alone {_f(cpu[ENGINE])}" if ENGINE in cpu else ""
         rows.append(
-            f"\nCPU ms per request: direct {_f(cpu.get(DIRECT, math.nan))}; "
+            f"\nCPU ms per request: direct {_f(cpu.get(DIRECT, math.nan))}{engine}; "
             f"herd {_f(herd_total)} ({parts})."
         )
     return "\n".join(rows)
@@ -144,18 +172,34 @@ def make_cell(n: int, k: int, rounds: dict[str, list[Round]]) -> dict[str, Any]:
 
 def dispatch_table(dispatch: dict[str, Any]) -> str:
     c, j = dispatch["chunks"], dispatch["jobs"]
-    return "\n".join(
-        [
-            "| measure | clients | seconds | count | per second | goal |",
-            "|---|---:|---:|---:|---:|---:|",
-            f"| token chunks received (streaming) | {c['clients']} | {c['seconds']} | "
-            f"{c['chunks']} | {_f(c['chunks_per_s'], 0)}"
-            f"{_mark(c['chunks_per_s'], 50_000)} | 50 000 |",
-            f"| jobs completed (num_predict 1) | {j['clients']} | {j['seconds']} | "
-            f"{j['jobs']} | {_f(j['jobs_per_s'], 0)}{_mark(j['jobs_per_s'], 1_000)} | 1 000 |",
-            f"| errors (non-200) | | | {c['errors'] + j['errors']} | | |",
+    long = dispatch.get("long")
+    rows = [
+        "| measure | clients | seconds | count | per second | goal | API CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| token chunks received (streaming, 11-piece answers) | {c['clients']} | "
+        f"{c['seconds']} | {c['chunks']} | {_f(c['chunks_per_s'], 0)}"
+        f"{_mark(c['chunks_per_s'], 50_000)} | 50 000 | {_f(c['api_us_per_chunk'], 1)} µs "
+        "per chunk |",
+    ]
+    if long is not None:
+        n = dispatch["long_tokens"]
+        rows += [
+            f"| token chunks received (streaming, {n}-token answers) | {long['clients']} | "
+            f"{long['seconds']} | {long['chunks']} | {_f(long['chunks_per_s'], 0)}"
+            f"{_mark(long['chunks_per_s'], 50_000)} | 50 000 | "
+            f"{_f(long['api_us_per_chunk'], 1)} µs per chunk |",
+            f"| tokens in those chunks | | | {long['tokens']} | "
+            f"{_f(long['tokens_per_s'], 0)} | | "
+            f"{_f(1e6 * long['api_cpu_s'] / max(1, long['all_jobs'] * n), 1)} µs per token |",
         ]
-    )
+    rows += [
+        f"| jobs completed (num_predict 1) | {j['clients']} | {j['seconds']} | "
+        f"{j['jobs']} | {_f(j['jobs_per_s'], 0)}{_mark(j['jobs_per_s'], 1_000)} | 1 000 | "
+        f"{_f(j['api_us_per_job'], 0)} µs per job |",
+        f"| errors (non-200) | | | "
+        f"{c['errors'] + j['errors'] + (long['errors'] if long else 0)} | | | |",
+    ]
+    return "\n".join(rows)
 
 
 def plot(cells: dict[str, dict[str, Any]], new_tokens: list[int], path: Path) -> None:
