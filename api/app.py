@@ -10,10 +10,10 @@ from fastapi import FastAPI
 from api import http
 from api.aliases import Aliases
 from api.dispatch import Dispatcher
+from api.errors import install_error_handlers
 from api.metrics import ApiMetrics, RequestMetrics
 from api.metrics import router as metrics_router
 from api.registry import Registry
-from api.responses import install_error_handlers
 from api.routes import (
     blobs,
     cluster,

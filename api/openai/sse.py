@@ -2,7 +2,7 @@
 
 An error before the first byte is an HTTP status with OpenAI's error body. After it,
 one ``data: {"error": {...}}`` event ends the stream, whatever the exception
-(``api.responses.as_herd_error``). Ollama swallows these (its client sees an empty delta
+(``api.errors.as_herd_error``). Ollama swallows these (its client sees an empty delta
 and no ``[DONE]``); the OpenAI SDKs raise ``APIError`` on this event.
 A client that goes away cancels the work, while queued or while streaming.
 """
@@ -17,8 +17,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from api.errors import terminal_error, unless_disconnected
 from api.openai.responses import error_body
-from api.responses import terminal_error, unless_disconnected
 from shared.errors import HerdError
 
 DONE = b"data: [DONE]\n\n"

@@ -8,11 +8,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, StrictInt
 
-from api import requests, responses
+from api import requests
 from api.state import AliasesDep, StateDep
 from shared import names
 from shared.errors import MODEL_REQUIRED, InvalidRequest, ModelNotFound
-from shared.messages import ReplicaPolicy
+from shared.messages import ReplicaPolicy, WorkerAdvert
+from shared.queues import Queue
 
 router = APIRouter()
 
@@ -24,7 +25,7 @@ async def cluster(state: StateDep) -> dict[str, Any]:
     workers = await state.registry.workers(fresh=True)
     models = sorted({model.name for worker in workers for model in worker.models})
     queues, policies = await state.registry.demand(models)
-    return responses.cluster(workers, queues, policies)
+    return _cluster(workers, queues, policies)
 
 
 class ScaleRequest(BaseModel):
@@ -62,3 +63,55 @@ async def scale(request: Request, state: StateDep, aliases: AliasesDep) -> dict[
         raise ModelNotFound.named(name)
     await state.registry.set_policy(advert.name, policy)
     return {"model": advert.name, "policy": policy.model_dump() if policy else None}
+
+
+def _cluster(
+    workers: list[WorkerAdvert], queues: dict[str, Queue], policies: dict[str, ReplicaPolicy]
+) -> dict[str, Any]:
+    """``/api/cluster`` (Herd's own, no Ollama shape): every live worker, and for each model
+    in ``queues`` where it is loaded or loading, its queue, and its replica policy."""
+    models: dict[str, Any] = {}
+    for name, queue in sorted(queues.items()):
+        policy = policies.get(name)
+        models[name] = {
+            "replicas": [w.worker_id for w in workers if any(m.name == name for m in w.loaded)],
+            "loading": [w.worker_id for w in workers if name in w.loading],
+            "waiting": queue.waiting,
+            "oldest_wait_s": queue.oldest_wait_s,
+            "pending": queue.pending,
+            "policy": policy.model_dump() if policy is not None else None,
+            "tokens_generated": sum(w.tokens_generated.get(name, 0) for w in workers),
+        }
+    ordered = sorted(workers, key=lambda w: w.worker_id)
+    return {"workers": [_cluster_worker(w) for w in ordered], "models": models}
+
+
+def _cluster_worker(worker: WorkerAdvert) -> dict[str, Any]:
+    return {
+        "id": worker.worker_id,
+        "host": worker.host,
+        "version": worker.version,
+        "engine": worker.engine,
+        "ready": worker.ready,
+        "started_at": worker.started_at,
+        "devices": [
+            {"name": d.name, "kind": d.kind, "total": d.total_bytes, "free": d.free_bytes}
+            for d in worker.devices
+        ],
+        "memory_total": worker.memory_total,
+        "memory_free": worker.memory_free,
+        "slots": {"total": worker.slots_total, "free": worker.slots_free},
+        "tokens_generated": sum(worker.tokens_generated.values()),
+        "loading": list(worker.loading),
+        "loaded": [
+            {
+                "name": m.name,
+                "size": m.size_bytes,
+                "size_vram": m.size_vram,
+                "context_length": m.context_length,
+                "slots": {"total": m.slots, "busy": m.busy},
+                "expires_at": m.expires_at,
+            }
+            for m in worker.loaded
+        ],
+    }

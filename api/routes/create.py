@@ -23,9 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from api import fields, gofmt, modelstore, requests
 from api.aliases import Aliases
+from api.errors import ndjson_response
 from api.gguf_details import NotGGUF, human_number, is_gguf, read_details
 from api.modelstore import required_store
-from api.responses import ndjson_response
 from api.state import AliasesDep, AppState, StateDep
 from shared import names
 from shared.errors import InvalidRequest, ModelNotFound

@@ -11,8 +11,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from api import control, offload, requests, responses
+from api.errors import unless_disconnected
 from api.requests import Call, EmbedCall, Load, Unload
-from api.responses import unless_disconnected
 from api.state import AppState, StateDep
 
 router = APIRouter()

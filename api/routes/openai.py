@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from api import control, requests
 from api import responses as native_responses
+from api.errors import unless_disconnected
 from api.openai import responses, translate
 from api.openai.requests import (
     ChatCompletionRequest,
@@ -23,7 +24,6 @@ from api.openai.requests import (
 )
 from api.openai.sse import Translator, sse_response
 from api.requests import Call, Load, Unload
-from api.responses import unless_disconnected
 from api.state import AppState, StateDep
 from shared import names
 from shared.errors import HerdError, InvalidRequest, ModelNotFound

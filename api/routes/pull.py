@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from redis.asyncio import Redis
 
 from api import requests
-from api.responses import ndjson_response, unless_disconnected
+from api.errors import ndjson_response, unless_disconnected
 from api.state import StateDep
 from shared import keys, names
 from shared.errors import EngineFailure, InvalidRequest, Unavailable

@@ -23,8 +23,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from api import gofmt, requests
+from api.errors import ndjson_response, unless_disconnected
 from api.modelstore import required_store
-from api.responses import ndjson_response, unless_disconnected
 from api.state import StateDep
 from shared import names
 from shared.errors import EngineFailure, InvalidRequest, ModelNotFound

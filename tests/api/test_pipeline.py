@@ -14,7 +14,7 @@ API = Path(__file__).resolve().parents[2] / "api"
 #: or unload; ``routes`` drive the rest).
 STEPS = ["requests", "dispatch", "control", "responses", "routes"]
 #: What steps use and may import, which must import no step.
-HELPERS = ["fields", "gofmt", "registry", "aliases", "offload"]
+HELPERS = ["fields", "gofmt", "registry", "aliases", "offload", "errors", "cache", "tokens"]
 
 
 def _api_imports(module: str) -> set[str]:

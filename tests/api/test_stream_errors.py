@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from api import responses
+from api import errors
 from api.openai.sse import DONE, sse_response
 from shared.errors import InvalidRequest
 
@@ -41,11 +41,11 @@ class _Echo:
 
 def _app() -> FastAPI:
     app = FastAPI()
-    responses.install_error_handlers(app)
+    errors.install_error_handlers(app)
 
     @app.post("/api/{kind}/{after}")
     async def native(request: Request, kind: str, after: int) -> Response:
-        return await responses.ndjson_response(request, _chunks(FAILURES[kind], after=after))
+        return await errors.ndjson_response(request, _chunks(FAILURES[kind], after=after))
 
     @app.post("/v1/{kind}/{after}")
     async def openai(request: Request, kind: str, after: int) -> Response:
@@ -120,5 +120,5 @@ async def test_an_sse_stream_that_fails_ends_with_one_error_event_and_no_done(
     assert DONE not in response.content
     assert events[0] == b'data: {"n":0,"done":false}'
     error = orjson.loads(events[1].removeprefix(b"data: "))["error"]
-    assert error["message"] == responses.as_herd_error(FAILURES[kind]).message
+    assert error["message"] == errors.as_herd_error(FAILURES[kind]).message
     assert len(events) == 3
