@@ -49,8 +49,9 @@ class Cached(Generic[T]):
     async def _read(self) -> T:
         started = time.monotonic()
         value = await self._load()
-        if started >= self._expired_at:
-            self.value, self._read_at = value, max(self._read_at, started)
+        # not one begun before a change of this process, nor older than what is cached
+        if started >= self._expired_at and started >= self._read_at:
+            self.value, self._read_at = value, started
         return value
 
     def _finished(self, reading: asyncio.Future[T]) -> None:

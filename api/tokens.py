@@ -120,6 +120,9 @@ class TokenRouter:
         self._heard_at = time.monotonic()
         #: Whether the reader is waiting in a read now (not reconnecting).
         self._reading = False
+        #: The PubSub is new: the reader has not subscribed it to every channel yet (a
+        #: request's own SUBSCRIBE meanwhile must not pass for that).
+        self._fresh = True
         self._control = keys.token_channel(f"router-{uuid.uuid4().hex}")
         # redis-py's PubSub opens its connection lazily; two first SUBSCRIBEs at once would
         # open two, and messages for one of them would never be read
@@ -132,11 +135,16 @@ class TokenRouter:
         self._watchdog = asyncio.create_task(self._watch(), name="token-router-watchdog")
 
     async def stop(self) -> None:
+        # the watchdog first: it may replace the reader
         for task in (self._watchdog, self._reader):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
         if self._pubsub is not None:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
@@ -145,23 +153,30 @@ class TokenRouter:
         assert self._pubsub is not None, "router not started"
         queue = Inbox(QUEUE_LIMIT)
         self._queues[channel.encode()] = queue
-        async with self._subscribing:
-            await self._pubsub.subscribe(channel)
+        try:
+            async with self._subscribing:
+                await self._pubsub.subscribe(channel)
+        except BaseException:  # cancelled, or Redis: nobody will unsubscribe it
+            self._queues.pop(channel.encode(), None)
+            raise
         return queue
 
     async def unsubscribe(self, channel: str) -> None:
         self._queues.pop(channel.encode(), None)
         self._heard.discard(channel.encode())
         if self._pubsub is not None:
-            await self._pubsub.unsubscribe(channel)
+            async with self._subscribing:  # it may open the connection too
+                await self._pubsub.unsubscribe(channel)
 
     async def _read(self) -> None:
         assert self._pubsub is not None
         while True:
             try:
-                if not self._pubsub.subscribed:  # the start, or a fresh one after a drop
+                if self._fresh:  # the start, or a fresh one after a drop
                     async with self._subscribing:
                         await self._pubsub.subscribe(self._control, *self._queues)
+                    self._fresh = False
+                    self._heard_at = time.monotonic()  # silence counts from here
                 self._reading = True
                 try:  # no timeout: the heartbeats bound the wait (``_watch``)
                     message = await self._pubsub.get_message(
@@ -210,8 +225,8 @@ class TokenRouter:
             if self._reading and silent > SILENT_S and self._reader is not None:
                 log.warning("token_router_silent", seconds=round(silent, 1))
                 self._reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._reader
+                # not ``await``: the reader's cancellation must not pass for the watchdog's
+                await asyncio.wait([self._reader])
                 # as a disconnect: what was published meanwhile is lost
                 self._fail_heard(ConnectionError("the token stream went silent"))
                 await self._renew()
@@ -220,6 +235,7 @@ class TokenRouter:
 
     async def _renew(self) -> None:
         old, self._pubsub = self._pubsub, self._client.pubsub(ignore_subscribe_messages=True)
+        self._fresh = True
         if old is not None:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(HEARTBEAT_S):  # a silent peer may not answer a close

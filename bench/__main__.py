@@ -153,13 +153,16 @@ def _model_benches(
     from bench.engine_alone import EngineAlone
 
     ceiling = Ceiling(config)
-    direct = Direct(config) if "single" not in args.skip else None
-    alone = EngineAlone(config) if "single" not in args.skip else None
+    direct: Direct | None = None
+    alone: EngineAlone | None = None
     cells: dict[str, dict[str, Any]] = {}
     levels = plan.concurrency if "concurrency" not in args.skip else [1]
     if "single" not in args.skip and 1 not in levels:
         levels = [1, *levels]
     try:
+        if "single" not in args.skip:
+            direct = Direct(config)
+            alone = EngineAlone(config)
         for n in levels:
             slots = args.slots or n
             with herd.Cluster(herd.llama_env(slots, config.n_ctx)) as cluster:

@@ -11,6 +11,7 @@ which slowed direct llama-cpp-python by a quarter on two cores.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import time
 from multiprocessing.connection import Connection
@@ -33,8 +34,11 @@ class EngineAlone:
             raise RuntimeError("the engine process did not start")
 
     def close(self) -> None:
-        self._conn.send(None)
+        with contextlib.suppress(OSError):  # it may have died already
+            self._conn.send(None)
         self._child.join(30)
+        if self._child.is_alive():
+            self._child.kill()
 
     def stream(self, text: str, new_tokens: int) -> tuple[Stream, float]:
         """One stream, and the CPU seconds the engine's process spent on it."""

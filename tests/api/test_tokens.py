@@ -174,8 +174,15 @@ async def test_a_connection_gone_silent_is_found_and_replaced(
         proxy.silence()
         failed = await begun.get(5.0)
         assert isinstance(failed, ConnectionError) and "silent" in str(failed)
+        # subscribed while the router renews: its fresh connection must still get every
+        # channel, its own heartbeat channel too, or it would go "silent" again
         later = await router.subscribe("herd-test-later")
         await until(lambda: _heard(redis, "herd-test-later", later), message="not recovered")
+        await asyncio.sleep(3 * tokens.SILENT_S)
+        while not later.empty():
+            assert later.get_nowait() == b"hello"  # no error: no second restart
+        await redis.publish("herd-test-later", b"again")
+        assert await later.get(5.0) == b"again"
     finally:
         await router.stop()
         await subscriber.aclose()
