@@ -215,15 +215,25 @@ class TokenRouter:
 
     async def _watch(self) -> None:
         """Publish a heartbeat on the control channel every ``HEARTBEAT_S``; a reader that
-        has waited ``SILENT_S`` without hearing one starts over on a fresh connection."""
+        heard none of those Redis took for ``SILENT_S`` starts over on a fresh connection."""
+        #: The first heartbeat Redis took since the reader last heard anything.
+        unheard_since: float | None = None
         while True:
             await asyncio.sleep(HEARTBEAT_S)
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
+            try:
                 async with asyncio.timeout(HEARTBEAT_S):  # this client has no socket timeout
                     await self._client.publish(self._control, b"")
-            silent = time.monotonic() - self._heard_at
+            except (RedisError, OSError, TimeoutError):
+                # not sent (Redis out of reach: the reader hears of it; or no right to
+                # PUBLISH): no evidence that the reader's connection is silent
+                continue
+            now = time.monotonic()
+            if unheard_since is None or self._heard_at >= unheard_since:
+                unheard_since = now
+            silent = now - unheard_since
             if self._reading and silent > SILENT_S and self._reader is not None:
                 log.warning("token_router_silent", seconds=round(silent, 1))
+                unheard_since = None
                 self._reader.cancel()
                 # not ``await``: the reader's cancellation must not pass for the watchdog's
                 await asyncio.wait([self._reader])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -186,3 +187,37 @@ async def test_a_connection_gone_silent_is_found_and_replaced(
     finally:
         await router.stop()
         await subscriber.aclose()
+
+
+async def test_a_router_that_may_not_publish_hears_no_false_silence(
+    redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API whose Redis user may SUBSCRIBE but not PUBLISH (an operator's ACL): its
+    heartbeats are refused, which says nothing about its connection; no restart fails
+    its streams."""
+    monkeypatch.setattr(tokens, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(tokens, "SILENT_S", 0.3)
+    user = f"herd-nopub-{uuid.uuid4().hex[:8]}"
+    await redis.acl_setuser(
+        user,
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-publish"],
+    )
+    subscriber = Redis.from_url(redis_url, username=user, password="pw")
+    router = TokenRouter(subscriber)
+    await router.start()
+    try:
+        inbox = await router.subscribe("herd-test-nopub")
+        await until(lambda: _heard(redis, "herd-test-nopub", inbox), message="not subscribed")
+        await asyncio.sleep(4 * tokens.SILENT_S)  # idle, every heartbeat refused
+        while not inbox.empty():
+            assert inbox.get_nowait() == b"hello"  # no "went silent" error
+        await redis.publish("herd-test-nopub", b"still")
+        assert await inbox.get(5.0) == b"still"
+    finally:
+        await router.stop()
+        await subscriber.aclose()
+        await redis.acl_deluser(user)
