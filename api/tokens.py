@@ -105,7 +105,8 @@ class TokenRouter:
     redis-py holds a connection per ``PubSub`` (and a pool stops at a limit), so requests
     never get their own: they register a queue here, and one reader task hands each
     message to the queue of its channel. A permanent control channel keeps the connection
-    subscribed, so a request's SUBSCRIBE is only a write and never races the reader.
+    subscribed, so a request's SUBSCRIBE is only a write and never races the reader, and
+    carries the watchdog's heartbeats (``_watch``).
     """
 
     def __init__(self, client: Redis) -> None:
