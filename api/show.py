@@ -15,7 +15,7 @@ import orjson
 from redis.asyncio import Redis
 
 from api import gofmt, responses
-from api.requests import ShowRequest
+from api.bodies import ShowRequest
 from shared import keys
 from shared.messages import ModelAdvert
 

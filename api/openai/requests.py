@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 
-from api import offload, requests
+from api import bodies, offload
 from shared.errors import InvalidRequest
 
 M = TypeVar("M", bound=BaseModel)
@@ -119,4 +119,4 @@ async def parse(request: Request, model: type[M]) -> M:
     raw = await request.body()
     if not raw.strip():
         raise InvalidRequest("EOF")
-    return await offload.off_loop(len(raw), requests.parse, raw, model)
+    return await offload.off_loop(len(raw), bodies.parse, raw, model)

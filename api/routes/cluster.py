@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, StrictInt
 
-from api import requests
+from api import bodies
 from api.state import AliasesDep, StateDep
 from shared import names
 from shared.errors import MODEL_REQUIRED, InvalidRequest, ModelNotFound
@@ -53,7 +53,7 @@ def _policy(body: ScaleRequest) -> ReplicaPolicy | None:
 @router.post("/api/scale")
 async def scale(request: Request, state: StateDep, aliases: AliasesDep) -> dict[str, Any]:
     """Set how many workers keep a model loaded; the workers' placement reads it."""
-    body = requests.parse(await request.body(), ScaleRequest)
+    body = bodies.parse(await request.body(), ScaleRequest)
     if not body.model:
         raise InvalidRequest(MODEL_REQUIRED)
     name = names.normalize(body.model)

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from api import fields, gofmt, modelstore, requests
+from api import bodies, fields, gofmt, modelstore
 from api.aliases import Aliases
 from api.errors import ndjson_response
 from api.gguf_details import NotGGUF, human_number, is_gguf, read_details
@@ -69,7 +69,7 @@ class CreateRequest(BaseModel):
     system: str | None = None
     license: str | list[str] | None = None
     parameters: dict[str, Any] | None = None
-    messages: list[requests.ChatRequestMessage] | None = None
+    messages: list[bodies.ChatRequestMessage] | None = None
     quantize: str = ""
     quantization: str = ""  # deprecated spelling of ``quantize``
     stream: StrictBool | None = None
@@ -278,7 +278,7 @@ def _serve_wait(state: AppState) -> float:
 @router.post("/api/create")
 async def create(request: Request, state: StateDep, aliases: AliasesDep) -> Response:
     store = required_store(state.settings)
-    body = requests.parse(await request.body(), CreateRequest)
+    body = bodies.parse(await request.body(), CreateRequest)
     plan = await _check(store, aliases, body)
     progress = _progress(store, state, body, plan)
     if body.stream is False:  # one object once done: {"status": "success"}

@@ -1,8 +1,9 @@
 """POST /api/generate, /api/chat, /api/embed and the legacy /api/embeddings.
 
-Each reads as the pipeline: ``requests`` (decode, look the model up, check), then a job
-for ``dispatch`` whose events ``responses`` renders, or a load/unload (``control``). A large
-body (base64 images) is decoded and checked in a thread (``offload.off_loop``).
+Each reads as the pipeline: ``bodies`` (decode), look the model up, ``requests`` (check),
+then a job for ``dispatch`` whose events ``responses`` renders, or a load/unload
+(``control``). A large body (base64 images) is decoded and checked in a thread
+(``offload.off_loop``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from api import control, offload, requests, responses
+from api import bodies, control, offload, requests, responses
 from api.errors import unless_disconnected
 from api.requests import Call, EmbedCall, Load, Unload
 from api.state import AppState, StateDep
@@ -37,7 +38,7 @@ async def _answer(
 @router.post("/api/generate")
 async def generate(request: Request, state: StateDep) -> Response:
     raw = await request.body()
-    body = await offload.off_loop(len(raw), requests.parse, raw, requests.GenerateRequest)
+    body = await offload.off_loop(len(raw), bodies.parse, raw, bodies.GenerateRequest)
     advert = await unless_disconnected(request, state.aliases.lookup(body.model))
     action = await offload.off_loop(len(raw), requests.generate_call, body, advert)
     return await _answer(request, state, action, stream=body.streaming)
@@ -46,7 +47,7 @@ async def generate(request: Request, state: StateDep) -> Response:
 @router.post("/api/chat")
 async def chat(request: Request, state: StateDep) -> Response:
     raw = await request.body()
-    body = await offload.off_loop(len(raw), requests.parse, raw, requests.ChatRequest)
+    body = await offload.off_loop(len(raw), bodies.parse, raw, bodies.ChatRequest)
     advert = await unless_disconnected(request, state.aliases.lookup(body.model))
     action = await offload.off_loop(len(raw), requests.chat_call, body, advert)
     return await _answer(request, state, action, stream=body.streaming)
@@ -65,7 +66,7 @@ async def _embedded(request: Request, state: AppState, action: EmbedCall | Load)
 @router.post("/api/embed")
 async def embed(request: Request, state: StateDep) -> Response:
     raw = await request.body()
-    body = await offload.off_loop(len(raw), requests.parse, raw, requests.EmbedRequest)
+    body = await offload.off_loop(len(raw), bodies.parse, raw, bodies.EmbedRequest)
     advert = await unless_disconnected(request, state.aliases.lookup(body.model))
     return await _embedded(request, state, requests.embed_call(body, advert))
 
@@ -73,6 +74,6 @@ async def embed(request: Request, state: StateDep) -> Response:
 @router.post("/api/embeddings")
 async def embeddings(request: Request, state: StateDep) -> Response:
     raw = await request.body()
-    body = await offload.off_loop(len(raw), requests.parse, raw, requests.EmbeddingRequest)
+    body = await offload.off_loop(len(raw), bodies.parse, raw, bodies.EmbeddingRequest)
     advert = await unless_disconnected(request, state.aliases.lookup(body.model))
     return await _embedded(request, state, requests.embeddings_call(body, advert))

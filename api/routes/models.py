@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from api import control, gofmt, modelstore, requests, responses
+from api import bodies, control, gofmt, modelstore, responses
 from api.modelstore import optional_store
 from api.requests import Unload
 from api.show import show
@@ -54,7 +54,7 @@ async def ps(state: StateDep) -> dict[str, list[dict[str, Any]]]:
 
 @router.post("/api/show")
 async def show_route(request: Request, state: StateDep, aliases: AliasesDep) -> dict[str, Any]:
-    body = requests.parse(await request.body(), requests.ShowRequest)
+    body = bodies.parse(await request.body(), bodies.ShowRequest)
     model = body.model or body.name
     if not model:
         raise InvalidRequest(MODEL_REQUIRED)
@@ -77,7 +77,7 @@ def _name(text: str, role: str) -> str:
 async def copy(request: Request, state: StateDep, aliases: AliasesDep) -> Response:
     """A model of the store gets a second manifest (``Store.copy``); any other served model
     an alias (``api.aliases``). 200 with an empty body, as Ollama answers."""
-    body = requests.parse(await request.body(), requests.CopyRequest)
+    body = bodies.parse(await request.body(), bodies.CopyRequest)
     source = _name(body.source, "source")
     destination = _name(body.destination, "destination")
     store = optional_store(state.settings)
@@ -100,7 +100,7 @@ async def copy(request: Request, state: StateDep, aliases: AliasesDep) -> Respon
 async def delete(request: Request, state: StateDep, aliases: AliasesDep) -> Response:
     """An alias goes; a model of the store goes from the store (its blobs no other model
     names too) and is unloaded everywhere; any other served model is hidden."""
-    body = requests.parse(await request.body(), requests.DeleteRequest)
+    body = bodies.parse(await request.body(), bodies.DeleteRequest)
     model = body.model or body.name
     if not model:
         raise InvalidRequest(MODEL_REQUIRED)

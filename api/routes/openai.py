@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
-from api import control, requests
+from api import bodies, control, requests
 from api import responses as native_responses
 from api.errors import unless_disconnected
 from api.openai import responses, translate
@@ -102,7 +102,7 @@ async def _run(
 @router.post("/chat/completions")
 async def chat_completions(request: Request, state: StateDep) -> Response:
     req = await parse(request, ChatCompletionRequest)
-    body = _native(requests.ChatRequest, translate.chat_request(req))
+    body = _native(bodies.ChatRequest, translate.chat_request(req))
     action = requests.chat_call(body, await state.aliases.lookup(body.model))
     completion_id = responses.new_id("chatcmpl")
     return await _run(
@@ -118,7 +118,7 @@ async def chat_completions(request: Request, state: StateDep) -> Response:
 @router.post("/completions")
 async def completions(request: Request, state: StateDep) -> Response:
     req = await parse(request, CompletionRequest)
-    body = _native(requests.GenerateRequest, translate.completion_request(req))
+    body = _native(bodies.GenerateRequest, translate.completion_request(req))
     action = requests.generate_call(body, await state.aliases.lookup(body.model))
     completion_id = responses.new_id("cmpl")
     return await _run(
@@ -134,7 +134,7 @@ async def completions(request: Request, state: StateDep) -> Response:
 @router.post("/embeddings")
 async def embeddings(request: Request, state: StateDep) -> Response:
     req = await parse(request, EmbeddingRequest)
-    body = _native(requests.EmbedRequest, translate.embed_request(req))
+    body = _native(bodies.EmbedRequest, translate.embed_request(req))
     advert = await unless_disconnected(request, state.aliases.lookup(body.model))
     action = requests.embed_call(body, advert)
     if isinstance(action, Load):

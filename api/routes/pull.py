@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from redis.asyncio import Redis
 
-from api import requests
+from api import bodies
 from api.errors import ndjson_response, unless_disconnected
 from api.state import StateDep
 from shared import keys, names
@@ -111,7 +111,7 @@ async def follow(redis: Redis, model: str, run: str) -> AsyncIterator[dict[str, 
 @router.post("/api/pull")
 async def pull(request: Request, state: StateDep) -> Response:
     raw = await request.body()
-    body = requests.parse(raw, requests.RegistryRequest)
+    body = bodies.parse(raw, bodies.RegistryRequest)
     name = body.model or body.name
     if not name:
         raise InvalidRequest(names.INVALID)

@@ -22,7 +22,7 @@ import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from api import gofmt, requests
+from api import bodies, gofmt
 from api.errors import ndjson_response, unless_disconnected
 from api.modelstore import required_store
 from api.state import StateDep
@@ -69,7 +69,7 @@ async def _progress(
 
 @router.post("/api/push")
 async def push(request: Request, state: StateDep) -> Response:
-    body = requests.parse(await request.body(), requests.RegistryRequest)
+    body = bodies.parse(await request.body(), bodies.RegistryRequest)
     name = body.model or body.name
     if not name:
         raise InvalidRequest(MODEL_REQUIRED)

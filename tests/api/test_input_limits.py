@@ -13,8 +13,8 @@ import httpx
 import orjson
 import pytest
 
-from api import fields, offload, requests
-from api.requests import ChatRequest, DeleteRequest, GenerateRequest
+from api import bodies, fields, offload, requests
+from api.bodies import ChatRequest, DeleteRequest, GenerateRequest
 from shared.errors import InvalidRequest
 from tests.api.conftest import advert
 from tests.conftest import ApiFactory, WorkerFactory
@@ -44,27 +44,27 @@ def _with(raw: bytes, key: str, value: bytes) -> bytes:
 
 def test_a_body_nested_to_the_limit_is_read() -> None:
     # the body is level 1, so its format may nest MAX_DEPTH - 1 levels
-    body = requests.parse(_body(format=_nested(requests.MAX_DEPTH - 1)), GenerateRequest)
+    body = bodies.parse(_body(format=_nested(bodies.MAX_DEPTH - 1)), GenerateRequest)
     assert body.format is not None
 
 
-@pytest.mark.parametrize("levels", [requests.MAX_DEPTH, 300, 1000])
+@pytest.mark.parametrize("levels", [bodies.MAX_DEPTH, 300, 1000])
 def test_format_nested_deeper_is_a_400_not_a_500(levels: int) -> None:
     # orjson encodes 255 levels at most: a deeper format failed later, as a 500
     with pytest.raises(InvalidRequest, match=r"^exceeded max depth"):
-        requests.parse(_with(_body(), "format", _nested_json(levels)), GenerateRequest)
+        bodies.parse(_with(_body(), "format", _nested_json(levels)), GenerateRequest)
 
 
 def test_tools_nested_deeper_is_a_400() -> None:
     raw = orjson.dumps({"model": "m", "tools": [{"type": "function"} | _nested(80)]})
     with pytest.raises(InvalidRequest, match=r"^exceeded max depth"):
-        requests.parse(raw, ChatRequest)
+        bodies.parse(raw, ChatRequest)
 
 
 def test_nesting_beyond_what_orjson_reads_is_a_400_too() -> None:
     raw = b'{"model": "m", "format": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     with pytest.raises(InvalidRequest):
-        requests.parse(raw, GenerateRequest)
+        bodies.parse(raw, GenerateRequest)
 
 
 def test_depth_walk_needs_no_recursion() -> None:
@@ -73,7 +73,7 @@ def test_depth_walk_needs_no_recursion() -> None:
     for _ in range(100_000):
         deep = [deep]
     with pytest.raises(InvalidRequest):
-        requests.check_depth({"format": deep})
+        bodies.check_depth({"format": deep})
 
 
 @pytest.mark.parametrize(
@@ -86,12 +86,12 @@ def test_depth_walk_needs_no_recursion() -> None:
 )
 def test_a_key_given_twice_is_a_400(raw: bytes) -> None:
     with pytest.raises(InvalidRequest, match=r'^json: duplicate key "'):
-        requests.parse(raw, DeleteRequest)
+        bodies.parse(raw, DeleteRequest)
 
 
 def test_the_same_key_in_different_objects_is_fine() -> None:
     raw = b'{"model": "a", "messages": [{"role": "user"}, {"role": "assistant"}]}'
-    assert requests.parse(raw, ChatRequest).model == "a"
+    assert bodies.parse(raw, ChatRequest).model == "a"
 
 
 @pytest.mark.parametrize("context", [[-1], [0, 1, -5]])

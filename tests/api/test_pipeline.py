@@ -14,7 +14,17 @@ API = Path(__file__).resolve().parents[2] / "api"
 #: or unload; ``routes`` drive the rest).
 STEPS = ["requests", "dispatch", "control", "responses", "routes"]
 #: What steps use and may import, which must import no step.
-HELPERS = ["fields", "gofmt", "registry", "aliases", "offload", "errors", "cache", "tokens"]
+HELPERS = [
+    "bodies",
+    "fields",
+    "gofmt",
+    "registry",
+    "aliases",
+    "offload",
+    "errors",
+    "cache",
+    "tokens",
+]
 
 
 def _api_imports(module: str) -> set[str]:
@@ -52,11 +62,15 @@ def test_helpers_import_no_step(helper: str) -> None:
     assert _api_imports(helper) & set(STEPS) == set()
 
 
-def test_checking_a_request_does_no_io() -> None:
-    # the checks are pure: no client library, no coroutine
-    tree = ast.parse((API / "requests.py").read_text())
+@pytest.mark.parametrize("module", ["bodies", "requests"])
+def test_checking_a_request_does_no_io(module: str) -> None:
+    # reading the body and the checks are pure: no client library, no coroutine
+    tree = ast.parse((API / f"{module}.py").read_text())
     modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert {str(m).split(".")[0] for m in modules} & {"redis", "starlette", "fastapi"} == set()
     assert not any(isinstance(node, ast.AsyncFunctionDef) for node in ast.walk(tree))
-    assert _api_imports("requests") <= {"fields", "gofmt"}
+
+
+def test_the_checks_import_only_pure_helpers() -> None:
+    assert _api_imports("requests") <= {"fields", "gofmt", "bodies"}

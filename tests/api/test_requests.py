@@ -11,10 +11,9 @@ import pytest
 from redis.asyncio import Redis
 
 from api import control, responses
+from api.bodies import ChatRequest, GenerateRequest
 from api.requests import (
     Call,
-    ChatRequest,
-    GenerateRequest,
     Load,
     Unload,
     chat_call,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from api import requests, responses
+from api import bodies, requests, responses
 from shared.messages import DoneEvent
 
 
@@ -56,8 +56,8 @@ def test_control_response_for_load_and_unload() -> None:
 
 
 def test_stream_defaults_to_true_when_absent() -> None:
-    assert requests.ChatRequest(model="m").streaming is True
-    assert requests.ChatRequest(model="m", stream=False).streaming is False
+    assert bodies.ChatRequest(model="m").streaming is True
+    assert bodies.ChatRequest(model="m", stream=False).streaming is False
 
 
 def test_load_and_unload_answer_in_their_routes_shape() -> None:
