@@ -493,6 +493,7 @@ class Worker:
                 }
             )
             await self.advertiser.beat(advert)
+            self.residency.mark_advertised([m.name for m in loaded])
         source: ModelInfoSource | None = getattr(self.engine, "full_model_info", None)
         await self.advertiser.write_model_info(info, source)
 

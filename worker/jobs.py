@@ -89,10 +89,10 @@ class JobRunner:
             late = attempt == 1 and time.time() * 1000 > job.deadline_ms
             if late or await self._client.exists(keys.cancel_key(job.request_id)):
                 return
-            async with self._residency.use(job.model, job.load, job.keep_alive_s) as fresh:
-                # the advert shows the model, and the expiry a keep_alive sets, before
-                # any answer does
-                if fresh or job.keep_alive_s is not None:
+            async with self._residency.use(job.model, job.load, job.keep_alive_s) as unlisted:
+                # the advert shows the model (loaded here or by placement just now), and
+                # the expiry a keep_alive sets, before any answer does
+                if unlisted or job.keep_alive_s is not None:
                     await self._refresh_advert()
                 waited_ns = max(0, int(time.time() * 1000) - job.enqueued_at_ms) * 1_000_000
                 if continuable and attempt > 1:

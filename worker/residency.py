@@ -70,6 +70,8 @@ class _Resident:
     #: What it takes of the budget (``engine.memory_required`` for its options).
     memory: int = 0
     timer: asyncio.TimerHandle | None = None
+    #: An advert written since it loaded shows it (``mark_advertised``).
+    advertised: bool = False
 
     def expiry(self, now: float) -> float:
         """Unix time this model unloads (now + duration while busy); inf for forever."""
@@ -121,15 +123,16 @@ class Residency:
     async def use(
         self, name: str, options: LoadOptions, keep_alive_s: float | None = None
     ) -> AsyncIterator[bool]:
-        """Hold ``name`` loaded (with ``options``) for the body, which gets whether this
-        loaded it; ``keep_alive_s`` as on the wire (None: unchanged; negative: forever)."""
+        """Hold ``name`` loaded (with ``options``) for the body, which gets whether no
+        advert shows it yet (this loaded it, or placement did since the last advert);
+        ``keep_alive_s`` as on the wire (None: unchanged; negative: forever)."""
         duration = session_seconds(keep_alive_s)
         # compared in effect: an explicit default is not a change (and costs no reload)
         options = self._engine.effective_options(name, options)
         entry = self._models.get(name)
         if entry is not None and not (entry.closing or entry.stale) and entry.options == options:
             self._attach(entry, duration)
-            fresh = False
+            fresh = not entry.advertised
         else:
             entry, fresh = await self._load(name, options, duration)
         try:
@@ -242,6 +245,13 @@ class Residency:
             entry = await self._load_now(name, options)
             self._schedule_expiry(entry)  # a job may never come: keep_alive counts from now
             return True
+
+    def mark_advertised(self, names: Sequence[str]) -> None:
+        """An advert listing ``names`` as loaded was written."""
+        for name in names:
+            entry = self._models.get(name)
+            if entry is not None:
+                entry.advertised = True
 
     def serving(self, name: str) -> bool:
         """Whether ``name`` is loaded and takes new jobs (it is not about to go)."""

@@ -250,3 +250,16 @@ async def test_changes_are_reported() -> None:
     )
     await _use(residency, "a", keep_alive=0)
     await until(lambda: len(changes) == 2)  # loaded, then unloaded
+
+
+async def test_a_job_hears_that_no_advert_shows_its_model_yet() -> None:
+    """A job on a model placement loaded a moment ago must write the advert before it
+    answers (a client that then lists the models sees it); once an advert showed the
+    model, jobs do not write it again."""
+    _, residency = _setup(["a:1"])
+    assert await residency.place("a:1")
+    async with residency.use("a:1", DEFAULT) as unlisted:
+        assert unlisted
+    residency.mark_advertised(["a:1"])
+    async with residency.use("a:1", DEFAULT) as unlisted:
+        assert not unlisted
