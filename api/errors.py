@@ -104,6 +104,23 @@ async def ndjson_response(request: Request, objects: AsyncIterator[dict[str, Any
     return StreamingResponse(body(), media_type=NDJSON)
 
 
+async def progress_response(
+    request: Request, lines: AsyncIterator[dict[str, Any]], *, stream: bool
+) -> Response:
+    """A progress stream (pull, push, create): its NDJSON lines, or without ``stream`` the
+    last one alone once done; a client that leaves first cancels the work either way."""
+    if stream:
+        return await ndjson_response(request, lines)
+
+    async def last() -> dict[str, Any]:
+        final: dict[str, Any] = {}
+        async for line in lines:
+            final = line
+        return final
+
+    return JSONResponse(await unless_disconnected(request, last()))
+
+
 async def _disconnected(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass

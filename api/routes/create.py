@@ -18,12 +18,11 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from api import bodies, fields, gofmt, modelstore
 from api.aliases import Aliases
-from api.errors import ndjson_response
+from api.errors import progress_response
 from api.gguf_details import NotGGUF, human_number, is_gguf, read_details
 from api.modelstore import required_store
 from api.state import AliasesDep, AppState, StateDep
@@ -281,7 +280,5 @@ async def create(request: Request, state: StateDep, aliases: AliasesDep) -> Resp
     body = bodies.parse(await request.body(), CreateRequest)
     plan = await _check(store, aliases, body)
     progress = _progress(store, state, body, plan)
-    if body.stream is False:  # one object once done: {"status": "success"}
-        objects = [obj async for obj in progress]
-        return JSONResponse(objects[-1])
-    return await ndjson_response(request, progress)
+    # without stream, one object once done: {"status": "success"}
+    return await progress_response(request, progress, stream=body.stream is not False)

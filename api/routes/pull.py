@@ -17,11 +17,11 @@ from arq.connections import ArqRedis
 from arq.constants import result_key_prefix
 from arq.jobs import Job, JobResult, JobStatus
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from redis.asyncio import Redis
 
 from api import bodies
-from api.errors import ndjson_response, unless_disconnected
+from api.errors import progress_response
 from api.state import StateDep
 from shared import keys, names
 from shared.errors import EngineFailure, InvalidRequest, Unavailable
@@ -122,13 +122,4 @@ async def pull(request: Request, state: StateDep) -> Response:
         raise Unavailable(NO_PULLER)
     run = await start_or_follow(redis, name, model, insecure=body.insecure is True)
     lines = follow(redis, model, run)
-    if body.stream is not False:
-        return await ndjson_response(request, lines)
-
-    async def last() -> dict[str, Any]:
-        final: dict[str, Any] = {}
-        async for line in lines:
-            final = line
-        return final
-
-    return JSONResponse(await unless_disconnected(request, last()))
+    return await progress_response(request, lines, stream=body.stream is not False)

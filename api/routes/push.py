@@ -20,10 +20,10 @@ from typing import Any
 
 import httpx
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from api import bodies, gofmt
-from api.errors import ndjson_response, unless_disconnected
+from api.errors import progress_response
 from api.modelstore import required_store
 from api.state import StateDep
 from shared import names
@@ -76,13 +76,4 @@ async def push(request: Request, state: StateDep) -> Response:
     model = names.normalize(name)  # 400 `invalid model name`
     store = required_store(state.settings)
     lines = _progress(store, name, model, insecure=body.insecure is True)
-    if body.stream is not False:
-        return await ndjson_response(request, lines)
-
-    async def last() -> dict[str, Any]:
-        final: dict[str, Any] = {}
-        async for line in lines:
-            final = line
-        return final
-
-    return JSONResponse(await unless_disconnected(request, last()))
+    return await progress_response(request, lines, stream=body.stream is not False)
