@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import structlog
+from prometheus_client import Histogram
 
 from api.registry import Registry
 from api.tokens import Inbox
@@ -73,6 +74,7 @@ class Relay:
         #: start or a continuation), for the latency histograms.
         self._submitted, self._chunk_at = time.perf_counter(), 0.0
         self._waited = False
+        self._inter_token: Histogram | None = None
         self._queue = queue
         self._registry = registry
         self._check_interval_s = check_interval_s
@@ -185,7 +187,9 @@ class Relay:
             if not self._n_tokens:
                 self._metrics.time_to_first_token.labels(model).observe(now - self._submitted)
             elif self._chunk_at:
-                self._metrics.inter_token_latency.labels(model).observe(now - self._chunk_at)
+                if self._inter_token is None:  # looked up once: a lookup per chunk shows
+                    self._inter_token = self._metrics.inter_token_latency.labels(model)
+                self._inter_token.observe(now - self._chunk_at)
         self._chunk_at, self._gap_from = now, 0.0
 
     async def _check_progress(self) -> None:

@@ -9,11 +9,14 @@ A continuable job (``GenerateJob.continuable``) also records its answer's token 
 ``keys.progress``, in the same pipeline and before the PUBLISH of the chunk that covers
 them: whatever a client received, the ids are there for a worker that takes over (and the
 chunk says how many, ``covered``, so the API can tell that it goes on from the right one).
+The record's expiry is set with its first ids and renewed every ``EXPIRY_RENEW_S``, not
+with every token's APPEND.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from array import array
 from collections.abc import Sequence
 from typing import Literal
@@ -33,6 +36,10 @@ from shared.messages import (
 )
 from worker.engine import Finish
 
+#: How often a progress record's expiry (``keys.CANCEL_TTL_S``) is set again while its job
+#: runs: far inside the TTL, so a long answer's record never expires under it.
+EXPIRY_RENEW_S = 60.0
+
 
 class Batcher:
     """PUBLISH, sent together with whatever else was queued in the same loop turn."""
@@ -43,8 +50,8 @@ class Batcher:
         self._flusher: asyncio.Task[None] | None = None
 
     async def publish(self, channel: str, message: bytes, record: _Record | None = None) -> int:
-        """How many subscribers received ``message``; ``record`` (key, bytes to append,
-        or None to delete the key) is written first."""
+        """How many subscribers received ``message``; ``record`` (key, bytes to append
+        or None to delete the key, whether to set its expiry) is written first."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queued.append((channel, message, record, future))
         if self._flusher is None:
@@ -60,12 +67,13 @@ class Batcher:
                     async with self._client.pipeline(transaction=False) as pipe:
                         for channel, message, record, _ in queued:
                             if record is not None:
-                                key, data = record
+                                key, data, expire = record
                                 if data is None:
                                     pipe.delete(key)
                                 else:
                                     pipe.append(key, data)
-                                    pipe.expire(key, keys.CANCEL_TTL_S)
+                                    if expire:
+                                        pipe.expire(key, keys.CANCEL_TTL_S)
                             pipe.publish(channel, message)
                         replies = await pipe.execute()
                     flags = _publishes(queued)
@@ -82,9 +90,9 @@ class Batcher:
             self._flusher = None
 
 
-#: What a ``Batcher.publish`` writes before its message: (key, bytes to append) or
-#: (key, None): delete it.
-_Record = tuple[str, bytes | None]
+#: What a ``Batcher.publish`` writes before its message: (key, bytes to append, whether to
+#: set the key's expiry too) or (key, None, False): delete it.
+_Record = tuple[str, bytes | None, bool]
 
 
 def _publishes(queued: list[tuple[str, bytes, _Record | None, asyncio.Future[int]]]) -> list[bool]:
@@ -92,7 +100,7 @@ def _publishes(queued: list[tuple[str, bytes, _Record | None, asyncio.Future[int
     flags: list[bool] = []
     for _, _, record, _ in queued:
         if record is not None:
-            flags += [False] if record[1] is None else [False, False]
+            flags += [False] if record[1] is None else [False, False] if record[2] else [False]
         flags.append(True)
     return flags
 
@@ -119,6 +127,8 @@ class Publisher:
         self._seq = 0
         #: The answer's tokens recorded so far (over every attempt).
         self.covered = 0
+        #: When the progress record's expiry is due to be set again (monotonic; 0: now).
+        self._renew_at = 0.0
 
     def _next(self) -> int:
         seq, self._seq = self._seq, self._seq + 1
@@ -159,7 +169,11 @@ class Publisher:
         """``tokens``: the answer's token ids generated since the last chunk."""
         record: _Record | None = None
         if self._progress is not None and tokens:
-            record = (self._progress, pack(tokens))
+            now = time.monotonic()
+            expire = now >= self._renew_at
+            if expire:
+                self._renew_at = now + EXPIRY_RENEW_S
+            record = (self._progress, pack(tokens), expire)
             self.covered += len(tokens)  # counted only where recorded: 0 says "no going on"
         return await self._publish(
             TokenEvent(
@@ -238,4 +252,4 @@ class Publisher:
 
     def _clear(self) -> _Record | None:
         """The answer is over: its progress record goes with its last event."""
-        return None if self._progress is None else (self._progress, None)
+        return None if self._progress is None else (self._progress, None, False)
