@@ -105,6 +105,27 @@ async def test_a_hot_model_gains_a_replica_on_another_worker(
     assert starters == set(ids)  # both served: the second got a replica while jobs waited
 
 
+async def test_a_model_unloaded_after_its_load_loads_again_without_the_cooldown(
+    herd_process: ProcessFactory, redis: Redis, redis_url: str
+) -> None:
+    """keep_alive 0 (Open WebUI unloads so): each request loads the model anew, and the
+    cooldown its load ticket keeps for the next scale-out must not make it wait."""
+    herd_process("worker", **_env(redis_url, "k0", ["m:1"], scale_cooldown_s=60))
+    await _advertised(redis, "k0")
+
+    async def unloaded() -> bool:
+        return not (await read_advert(redis, "k0")).loaded
+
+    # the model loaded at the start goes with its first job; then each job loads it
+    await run_job(redis, make_job("m:1", keep_alive_s=0), timeout_s=20)
+    for _ in range(3):
+        await until(unloaded, timeout_s=10)  # the next job waits for a load
+        started = time.monotonic()
+        events = await run_job(redis, make_job("m:1", keep_alive_s=0), timeout_s=20)
+        assert isinstance(events[-1], DoneEvent)
+        assert time.monotonic() - started < 10  # not the cooldown's 60 s
+
+
 async def test_a_zipf_mix_of_five_models_on_four_workers_is_served_without_thrash(
     herd_process: ProcessFactory, redis: Redis, redis_url: str
 ) -> None:

@@ -86,6 +86,10 @@ class Placer:
         self._params = Params(
             scale_out_wait_s=settings.scale_out_wait_s, starve_s=2 * settings.scale_out_wait_s
         )
+        #: Models this worker loaded whose ticket it keeps for the cooldown, and until
+        #: when (monotonic): the ticket goes as soon as the copy does (unloaded at
+        #: keep_alive 0, evicted), or the model's next request would wait the cooldown out.
+        self._cooling: dict[str, float] = {}
         #: Set to look again at once (a model went, a job finished).
         self.wake = asyncio.Event()
         self.last: Plan | None = None
@@ -105,6 +109,7 @@ class Placer:
             self.wake.clear()
 
     async def tick(self) -> Plan:
+        await self._release_gone()
         adverts = await live_workers(self._client)
         queued = await queues(self._client, self._models)
         wanted = {m: p for m, p in (await policies(self._client)).items() if m in self._models}
@@ -135,7 +140,9 @@ class Placer:
         try:
             if self._fetch is not None:
                 await self._fetch(load.model)  # a failure counts as a failed load
-            if not await self._residency.place(load.model, load.evict):
+            if await self._residency.place(load.model, load.evict):
+                self._cooling[load.model] = time.monotonic() + cooldown
+            else:
                 cooldown = 0.0
         except Exception:  # a model that fails to load must not stop placement
             log.exception("placement_load_failed", model=load.model)
@@ -144,6 +151,18 @@ class Placer:
             with contextlib.suppress(asyncio.CancelledError):
                 await refresh
             await self._tickets.extend(load.model, cooldown)
+
+    async def _release_gone(self) -> None:
+        """Give up the cooling tickets of the copies no longer here: the cooldown lets the
+        next scale-out see what a replica took, and a replica gone took nothing. (A failed
+        load's ticket stays: a broken file is not retried at every tick.)"""
+        now = time.monotonic()
+        for model, until in list(self._cooling.items()):
+            if until <= now:
+                del self._cooling[model]  # expired on its own
+            elif model not in self._residency.resident() and model not in self._residency.loading:
+                await self._tickets.extend(model, 0)
+                del self._cooling[model]
 
     async def _hold(self, model: str, ttl: float) -> None:
         while True:
