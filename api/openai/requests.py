@@ -1,14 +1,16 @@
 """OpenAI request bodies as Ollama's ``openai`` package binds them.
 
-Strict types, as Go's decoder has (``"stream": "yes"`` is a 400, not ``True``); unknown
-fields (``n``, ``tool_choice``, ``user``, ``max_completion_tokens``...) are ignored.
+Strict types, as Go's decoder has (``"stream": "yes"`` is a 400, not ``True``); a field
+given as ``null`` keeps its default, as Go leaves it at its zero value (the OpenAI SDK sends
+``null`` for an argument passed as ``None``); unknown fields (``n``, ``tool_choice``,
+``user``...) are ignored.
 """
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.requests import Request
 
 from api import bodies, offload
@@ -19,6 +21,13 @@ M = TypeVar("M", bound=BaseModel)
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
 
 
 class StreamOptions(_Body):
@@ -67,6 +76,8 @@ class ChatCompletionRequest(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = None
+    #: OpenAI's name for ``max_tokens`` now (Ollama ignores it: the answer ran unbounded).
+    max_completion_tokens: int | None = None
     seed: int | None = None
     stop: Any = None
     temperature: float | None = None

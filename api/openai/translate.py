@@ -122,8 +122,9 @@ def _chat_options(req: ChatCompletionRequest) -> dict[str, Any]:
         value = getattr(req, key)
         if value is not None:
             options[key] = value
-    if req.max_tokens is not None:
-        options["num_predict"] = req.max_tokens
+    limit = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
+    if limit is not None:
+        options["num_predict"] = limit
     return options
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from api import bodies
 from api.openai import responses, translate
 from api.openai.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from shared.errors import InvalidRequest
@@ -35,7 +36,7 @@ def test_sampling_fields_become_options() -> None:
         temperature=0.2,
         top_p=0.5,
         max_tokens=7,
-        max_completion_tokens=99,  # not read, as in Ollama
+        max_completion_tokens=99,  # max_tokens wins
         seed=42,
         stop=["a", 1, "b"],
         frequency_penalty=0.3,
@@ -51,6 +52,8 @@ def test_sampling_fields_become_options() -> None:
         "num_predict": 7,
     }
     assert chat(stop="x")["options"]["stop"] == ["x"]
+    # OpenAI's name now (Ollama ignores it, and the answer ran unbounded)
+    assert chat(max_completion_tokens=5)["options"]["num_predict"] == 5
 
 
 @pytest.mark.parametrize(
@@ -334,3 +337,57 @@ def test_model_list_is_never_null() -> None:
         {"id": "a:1", "object": "model", "created": 1746405464, "owned_by": "library"}
     ]
     assert orjson.loads(orjson.dumps(listed)) == listed
+
+
+@pytest.mark.parametrize(
+    ("model", "fields"),
+    [
+        (
+            ChatCompletionRequest,
+            {
+                "messages": [
+                    {"role": "user", "content": "hi", "name": None, "tool_call_id": None},
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "reasoning": None,
+                        "tool_calls": [
+                            {"index": None, "function": {"name": "f", "arguments": "{}"}}
+                        ],
+                    },
+                ],
+                "stream": None,
+                "top_logprobs": None,
+                "stream_options": {"include_usage": None},
+            },
+        ),
+        (
+            CompletionRequest,
+            {
+                "prompt": "p",
+                "stream": None,
+                "suffix": None,
+                "top_p": None,
+                "frequency_penalty": None,
+                "presence_penalty": None,
+            },
+        ),
+        (EmbeddingRequest, {"input": "x", "dimensions": None, "encoding_format": None}),
+    ],
+)
+def test_a_null_field_keeps_its_default_as_in_go(
+    model: type[ChatCompletionRequest | CompletionRequest | EmbeddingRequest],
+    fields: dict[str, Any],
+) -> None:
+    """The OpenAI SDK sends null for an argument passed as None; Go's decoder leaves the
+    field at its zero value."""
+    got = bodies.parse(orjson.dumps({"model": "m", **fields}), model)
+    assert got == model.model_validate(_without_nulls({"model": "m", **fields}))
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
