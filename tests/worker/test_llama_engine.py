@@ -101,8 +101,20 @@ async def test_format_json_parses(engine: LlamaEngine) -> None:
 
 
 async def test_unknown_format_fails(engine: LlamaEngine) -> None:
-    with pytest.raises(EngineFailure, match="invalid format"):
+    with pytest.raises(InvalidRequest, match="invalid format"):
         await run(engine, chat("hi", format="yaml"))
+
+
+async def test_a_schema_whose_grammar_llama_cpp_refuses_is_the_requests_fault(
+    engine: LlamaEngine,
+) -> None:
+    """Within the API's repetition bound, yet past llama.cpp's (which counts the repeated
+    item's rules too): a 400, not a 500; the engine serves the next request."""
+    schema = {"type": "string", "maxLength": 1500}
+    with pytest.raises(InvalidRequest, match="refuses the grammar"):
+        await run(engine, chat("hi", format=schema))
+    pieces, _ = await run(engine, chat("hi", options=GREEDY.model_copy(update={"num_predict": 2})))
+    assert pieces
 
 
 async def test_logprobs_per_token_with_sorted_alternatives(engine: LlamaEngine) -> None:

@@ -15,9 +15,16 @@ from typing import Any
 import structlog
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
-from shared.errors import EngineFailure
+from shared.errors import InvalidRequest
 
 log = structlog.get_logger()
+
+#: llama.cpp refused a schema's grammar: its limit on repetitions counts each repeated
+#: item's rules too, so a schema within ``api.fields.MAX_REPETITIONS`` may still pass it.
+GRAMMAR_REFUSED = (
+    "invalid format: llama.cpp refuses the grammar of this schema "
+    "(fewer or shorter repetitions: maxLength, maxItems, nested arrays)"
+)
 
 
 def grammar_for(fmt: str | dict[str, Any] | None) -> str | None:
@@ -28,7 +35,7 @@ def grammar_for(fmt: str | dict[str, Any] | None) -> str | None:
         return JSON_GBNF
     if isinstance(fmt, dict):
         return _schema_grammar(json.dumps(fmt))
-    raise EngineFailure(f'invalid format: "{fmt}"; expected "json" or a valid JSON Schema object')
+    raise InvalidRequest(f'invalid format: "{fmt}"; expected "json" or a valid JSON Schema object')
 
 
 @functools.lru_cache(maxsize=128)

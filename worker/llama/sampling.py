@@ -15,8 +15,9 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from shared.errors import EngineFailure
+from shared.errors import EngineFailure, InvalidRequest
 from shared.messages import Logprob, SamplingOptions, TopLogprob
+from worker.llama.grammar import GRAMMAR_REFUSED
 from worker.llama.model import Runtime
 
 #: Ollama's ``api.DefaultOptions`` for the runtime options.
@@ -77,9 +78,9 @@ class Sampler:
             self._grammar = llama_cpp.llama_sampler_init_grammar(
                 runtime.vocab, grammar.encode(), b"root"
             )
-            if not self._grammar:
+            if not self._grammar:  # the schema's: "json" always loads
                 self.close()
-                raise EngineFailure("failed to load the grammar for the requested format")
+                raise InvalidRequest(GRAMMAR_REFUSED)
             self._data = (llama_cpp.llama_token_data * self._n_vocab)()
             self._view = np.ctypeslib.as_array(self._data)
             self._ids = np.arange(self._n_vocab, dtype=np.int32)
