@@ -36,7 +36,9 @@ def _serve(settings: Settings) -> int:
     one API, as children.
 
     The API starts once the worker is ready (its /readyz: models loaded, advert in Redis),
-    so the API's port opens when a request can be served rather than seconds before.
+    so the API's port opens when a request can be served rather than seconds before. A
+    worker that dies after it served (killed, out of memory) is started again, as Ollama
+    starts a new runner; one that dies before it is ready, or the API, stops them all.
     """
     check_can_listen(settings.host, "HERD_HOST")
     env = dict(os.environ)
@@ -70,13 +72,21 @@ def _serve(settings: Settings) -> int:
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
+    ready = f"{base_url(probes)}/readyz"
     try:
-        if _until_ready(children[0], f"{base_url(probes)}/readyz", stop) and not stop.is_set():
+        if _until_ready(children[0], ready, stop) and not stop.is_set():
             children.append(_child("api", env))
             log.info("herd_serving", url=settings.host.url)
-        while all(child.poll() is None for child in children):
-            time.sleep(0.2)
-        forward(signal.SIGTERM, None)  # one died: stop the other too
+            while not stop.is_set() and children[1].poll() is None:
+                if children[0].poll() is not None:
+                    # its streams have ended with an error line; queued jobs wait for the
+                    # new one (Redis keeps them)
+                    log.warning("worker_died_restarting", code=children[0].returncode)
+                    children[0] = _child("worker", env)
+                    if not _until_ready(children[0], ready, stop):
+                        break
+                time.sleep(0.2)
+        forward(signal.SIGTERM, None)  # stopping, or one died for good: stop the rest
         deadline = time.monotonic() + settings.shutdown_grace_s + 5
         for child in children:
             try:

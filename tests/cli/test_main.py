@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -150,6 +151,45 @@ def test_serve_stopped_while_its_worker_starts_exits_cleanly() -> None:
         assert _stopped(serve) == 0
     finally:
         serve.stderr.close()
+
+
+def test_serve_starts_its_worker_again_when_it_dies() -> None:
+    """As Ollama starts a new runner after one crashed: the server stays up, and the next
+    request is served by the new worker."""
+    port = free_port()
+    env = _env(HERD_HOST=f"127.0.0.1:{port}", HERD_FAKE_MODELS='["again:latest"]')
+    serve = subprocess.Popen([*HERD, "serve"], env=env, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    body = {"model": "again", "prompt": "hi", "stream": False}
+    try:
+        assert _serving(base, serve) == ["again:latest"]
+        worker = _child_running(serve, "worker")
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:
+            assert serve.poll() is None, f"herd serve exited with {serve.returncode}"
+            assert time.monotonic() < deadline, "no worker served again"
+            with contextlib.suppress(httpx.TransportError):
+                answer = httpx.post(f"{base}/api/generate", json=body, timeout=30)
+                if answer.status_code == 200:
+                    break
+            time.sleep(0.2)
+        assert answer.json()["done"] is True
+        assert _child_running(serve, "worker") != worker
+    finally:
+        serve.send_signal(signal.SIGINT)
+        assert _stopped(serve) == 0
+
+
+def _child_running(parent: subprocess.Popen[bytes], role: str) -> int:
+    """The pid of ``parent``'s live child running ``herd <role>`` (from /proc)."""
+    for task in os.listdir(f"/proc/{parent.pid}/task"):
+        with open(f"/proc/{parent.pid}/task/{task}/children") as children:
+            for pid in map(int, children.read().split()):
+                with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                    if cmdline.read().split(b"\0")[-2:-1] == [role.encode()]:
+                        return pid
+    raise AssertionError(f"no {role} child")
 
 
 def _stopped(process: subprocess.Popen[bytes]) -> int:
