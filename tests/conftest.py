@@ -33,6 +33,7 @@ from shared.messages import (
     decode_event,
 )
 from shared.settings import Settings
+from tests.proxy import Proxy
 from worker.consumer import Worker
 from worker.devices import Devices
 from worker.fake_engine import FakeEngine
@@ -124,7 +125,7 @@ async def worker(make_settings: SettingsFactory, redis_url: str) -> AsyncIterato
 
     async def start(engine: FakeEngine | None = None, **overrides: Any) -> Worker:
         settings = make_settings(**overrides)
-        client = Redis.from_url(redis_url)
+        client = Redis.from_url(settings.redis_url or redis_url)  # a proxy's, if given
         instance = Worker(settings, client, engine or build_engine(settings, Devices()))
         task = asyncio.create_task(instance.run())
         while not instance.ready:
@@ -255,3 +256,13 @@ def wait_for_http(url: str, timeout_s: float = 60.0, status: int = 200) -> None:
                 return
         time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer {status} within {timeout_s} s")
+
+
+@pytest.fixture
+async def proxy(redis_url: str) -> AsyncIterator[Proxy]:
+    host_port = redis_url.split("//", 1)[1].split("/", 1)[0]
+    host, port = host_port.rsplit(":", 1)
+    found = Proxy((host, int(port)))
+    await found.start()
+    yield found
+    await found.close()

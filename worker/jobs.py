@@ -2,7 +2,14 @@
 
 Every kind first holds its model resident (``Residency.use``: loading it if needed), then
 publishes ``started`` (its ``load_ns`` covers the queue wait and the load, Ollama's
-``load_duration``); nobody listening means the client is gone and the job is dropped.
+``load_duration``); nobody listening means the client is gone and the job is dropped, once
+a few more tries in ``ANNOUNCE_RETRIES_S`` found nobody either (an API process that lost
+Redis subscribes again only a moment after Redis is back, and this worker may claim the job
+first: its client still waits).
+
+Redis lost mid-answer (a publish failed for good): the job stops, and its error event is
+published once Redis answers again (redis-py's backoff, up to ``OWED_ERROR_S``): otherwise
+the client, whose worker still lives, would wait for the rest forever.
 
 - ``load``: nothing more; the answer is done with ``done_reason: "load"``. The advert is
   refreshed before (after every load, for every kind), so /api/ps shows the model at once.
@@ -26,6 +33,8 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from shared import keys
@@ -40,6 +49,12 @@ from worker.publisher import Batcher, Publisher, unpack
 from worker.residency import Residency
 
 log = structlog.get_logger()
+
+#: Pauses between announcing a job's start again when nobody listened (see the module).
+ANNOUNCE_RETRIES_S = (0.25, 0.5, 1.0, 2.0)
+#: How long a job that lost Redis mid-answer keeps trying to publish its error event.
+OWED_ERROR_S = 600.0
+LOST_REDIS = "lost the connection to Redis mid-answer"
 
 
 class HandedOff(Exception):
@@ -98,7 +113,7 @@ class JobRunner:
                 if continuable and attempt > 1:
                     job = await self._resumed(job, cause)
                 resumed_at = len(job.resume or [])
-                if not await publisher.started(self._worker_id, waited_ns, resumed_at):
+                if not await self._announce(publisher, job, waited_ns, resumed_at):
                     return
                 handoff.started = True
                 outcome = "cancelled"
@@ -112,6 +127,12 @@ class JobRunner:
         except HandedOff:
             outcome = "handed_off"
             handoff.handed_off = True
+        except (RedisError, OSError) as exc:
+            if not handoff.started:
+                raise  # nothing sent: the entry stays pending for a reclaim
+            outcome = "lost_redis"
+            log.warning("job_lost_redis", error=str(exc))
+            await _owe_error(publisher)
         except HerdError as exc:
             outcome = exc.error_type.value
             await publisher.error(exc.error_type, exc.message)
@@ -142,6 +163,19 @@ class JobRunner:
                 outcome=outcome,
                 seconds=round(time.perf_counter() - started, 3),
             )
+
+    async def _announce(
+        self, publisher: Publisher, job: GenerateJob, waited_ns: int, resumed_at: int
+    ) -> bool:
+        """Publish ``started``; False when nobody listens, tries in ``ANNOUNCE_RETRIES_S``
+        included, or the client has left (its cancel marker)."""
+        for pause in (*ANNOUNCE_RETRIES_S, None):
+            if await publisher.started(self._worker_id, waited_ns, resumed_at):
+                return True
+            if pause is None or await self._client.exists(keys.cancel_key(job.request_id)):
+                return False
+            await asyncio.sleep(pause)
+        return False
 
     async def _resumed(self, job: GenerateJob, cause: str) -> GenerateJob:
         """``job`` going on from the answer tokens an earlier attempt recorded, if any."""
@@ -215,3 +249,20 @@ async def _send(publisher: Publisher, chunk: Chunk, tokens: list[int] | tuple[()
         tokens=tokens,
     )
     return receivers > 0
+
+
+async def _owe_error(publisher: Publisher) -> None:
+    """Publish the job's error event once Redis answers again (the relay then sees it, or
+    a gap in the numbering: one error line either way)."""
+    retry = Retry(ExponentialBackoff(cap=10.0, base=0.5), retries=-1)
+    try:
+        async with asyncio.timeout(OWED_ERROR_S):
+            await retry.call_with_retry(
+                lambda: publisher.error(ErrorType.UNAVAILABLE, LOST_REDIS), _ignore
+            )
+    except TimeoutError:
+        log.error("job_error_unpublished", seconds=OWED_ERROR_S)
+
+
+async def _ignore(_: Exception) -> None:
+    return None

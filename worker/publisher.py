@@ -144,8 +144,9 @@ class Publisher:
 
     async def started(self, worker_id: str, load_ns: int = 0, resumed_at: int = 0) -> int:
         """Returns how many API processes listen: 0 means nobody waits for this job.
-        ``resumed_at``: a continuation, going on after that many tokens of the answer."""
-        self.covered = resumed_at
+        ``resumed_at``: a continuation, going on after that many tokens of the answer.
+        Always an attempt's first event: announced again, it keeps its number."""
+        self.covered, self._seq = resumed_at, 0
         return await self._publish(
             StartedEvent(
                 request_id=self.request_id,

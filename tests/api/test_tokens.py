@@ -4,10 +4,8 @@ TokenRouter that feeds them (a slow reader, a connection gone silent)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -15,6 +13,7 @@ from redis.asyncio import Redis
 from api import tokens
 from api.tokens import QUEUE_LIMIT, Inbox, TokenRouter
 from tests.polling import until
+from tests.proxy import Proxy
 
 
 async def test_items_come_out_in_order() -> None:
@@ -87,69 +86,6 @@ async def test_a_slow_reader_fails_instead_of_buffering_without_bound(
         await subscriber.aclose()
 
 
-class SilentProxy:
-    """A TCP proxy to Redis whose open connections can go silent: bytes are dropped both
-    ways and nothing is closed, as when a peer is lost without a reset. Connections opened
-    afterwards work."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self._upstream = upstream
-        self._live: list[list[bool]] = []  # one flag per connection: still forwarding
-        self._pumps: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-        self.server: asyncio.Server | None = None
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        port: int = self.server.sockets[0].getsockname()[1]
-        return port
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-
-    def silence(self) -> None:
-        for flag in self._live:
-            flag[0] = False
-
-    async def close(self) -> None:
-        for pump in self._pumps:
-            pump.cancel()
-        for writer in self._writers:
-            writer.close()
-        if self.server is not None:
-            self.server.close()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
-        flag = [True]
-        self._live.append(flag)
-        self._writers += [writer, up_writer]
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            pump = asyncio.create_task(self._pump(source, sink, flag))
-            self._pumps.add(pump)
-
-    @staticmethod
-    async def _pump(
-        source: asyncio.StreamReader, sink: asyncio.StreamWriter, flag: list[bool]
-    ) -> None:
-        with contextlib.suppress(OSError):
-            while data := await source.read(65536):
-                if flag[0]:
-                    sink.write(data)
-                    await sink.drain()
-
-
-@pytest.fixture
-async def proxy(redis_url: str) -> AsyncIterator[SilentProxy]:
-    host_port = redis_url.split("//", 1)[1].split("/", 1)[0]
-    host, port = host_port.rsplit(":", 1)
-    found = SilentProxy((host, int(port)))
-    await found.start()
-    yield found
-    await found.close()
-
-
 async def _heard(redis: Redis, channel: str, inbox: Inbox) -> bool:
     """Publish on ``channel`` (a subscription through the proxy may not be in place yet);
     whether ``inbox`` has had a message."""
@@ -158,7 +94,7 @@ async def _heard(redis: Redis, channel: str, inbox: Inbox) -> bool:
 
 
 async def test_a_connection_gone_silent_is_found_and_replaced(
-    redis: Redis, proxy: SilentProxy, monkeypatch: pytest.MonkeyPatch
+    redis: Redis, proxy: Proxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The router's connection stops delivering (no reset): a stream that had begun fails
     (what was published meanwhile is lost), and the router goes on, on a fresh connection."""
