@@ -57,6 +57,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
 from shared.messages import DeviceInfo, GenerateJob
+from shared.queues import live_workers
 from shared.settings import Settings
 from worker import control, drain, poison
 from worker.devices import Devices
@@ -285,13 +286,15 @@ class Worker:
             return
         grace = self.settings.shutdown_grace_s
         end = time.monotonic() + grace
-        now = [h for h in self._handoffs.values() if drain.goes_now(h, grace)]
+        served = await self._served_elsewhere()
+        now = [h for h in self._handoffs.values() if drain.goes_now(h, grace, h.model in served)]
         for handoff in now:
             handoff.request()
         log.info("worker_draining", jobs=len(self._tasks), handed_back=len(now), grace_s=grace)
         _, pending = await asyncio.wait(self._tasks, timeout=grace / 2)
+        served = await self._served_elsewhere()
         for handoff in self._handoffs.values():
-            if not handoff.requested and handoff.can_go():
+            if not handoff.requested and handoff.can_go(handoff.model in served):
                 handoff.request()
         if pending:
             _, pending = await asyncio.wait(pending, timeout=max(0.0, end - time.monotonic()))
@@ -303,6 +306,16 @@ class Worker:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         await self._until_taken(max(end, time.monotonic() + drain.SETTLE_S))
+
+    async def _served_elsewhere(self) -> set[str]:
+        """The models another live, ready worker can serve (every model this one has, if
+        Redis cannot say: a stream then goes back as it would with a taker)."""
+        try:
+            adverts = await live_workers(self._client)
+        except (RedisError, OSError):
+            return set(self._models_by_stream.values())
+        others = [a for a in adverts if a.ready and a.worker_id != self.id]
+        return {m.name for a in others for m in a.models}
 
     async def _until_taken(self, deadline: float) -> None:
         """Wait (until ``deadline``, monotonic) for other workers to claim what this one gave

@@ -13,6 +13,9 @@ The rule, from SIGTERM, with ``grace`` = ``HERD_SHUTDOWN_GRACE_S``:
 - At half the grace every continuable stream still running goes back (the pace misjudged).
 - What remains, streams whose parsers keep state a token list does not restore (tools,
   format, thinking, logprobs), has until the grace ends, then fails with one error line.
+- So does a stream of a model no other live worker can serve (a lone worker stopped):
+  handed back, it could only wait for the grace to run out and fail, where left to run it
+  may finish. Whether one can is read at SIGTERM and again at half the grace.
 
 Handing back early leaves at least half the grace for the continuation to start elsewhere
 (a model load included) while this worker's advert still stands: the drain keeps it until
@@ -49,6 +52,7 @@ class Handoff:
     continuable: bool
     #: The most tokens the answer may have (None: no bound, as Ollama's -1 and -2).
     num_predict: int | None
+    model: str = ""
     #: The job's task: cancelled when it goes back before starting.
     task: asyncio.Task[None] | None = None
     started: bool = False
@@ -67,9 +71,10 @@ class Handoff:
         self.first_token_at = self.first_token_at or now
         self.last_token_at = now
 
-    def can_go(self) -> bool:
-        """Whether another worker can take this job on without the client noticing."""
-        return self.chunks == 0 or self.continuable
+    def can_go(self, taker: bool = True) -> bool:
+        """Whether another worker can take this job on without the client noticing;
+        ``taker``: whether another live worker can serve its model."""
+        return self.chunks == 0 or (self.continuable and taker)
 
     def ends_within(self, seconds: float) -> bool:
         """Whether, by its own pace so far, the answer ends within ``seconds``."""
@@ -90,8 +95,9 @@ def bound(num_predict: int | None) -> int | None:
     return num_predict if num_predict is not None and num_predict > 0 else None
 
 
-def goes_now(handoff: Handoff, grace_s: float) -> bool:
-    """At SIGTERM: whether a job goes back at once (the rule above)."""
+def goes_now(handoff: Handoff, grace_s: float, taker: bool = True) -> bool:
+    """At SIGTERM: whether a job goes back at once (the rule above); ``taker``: whether
+    another live worker can serve its model."""
     if handoff.chunks == 0:
         return True
-    return handoff.continuable and not handoff.ends_within(grace_s / 2)
+    return handoff.can_go(taker) and not handoff.ends_within(grace_s / 2)

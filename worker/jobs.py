@@ -86,7 +86,9 @@ class JobRunner:
         """What a drain needs to know of ``job`` while it runs here."""
         advert = next((m for m in self._engine.models() if m.name == job.model), None)
         continuable = self._engine.continues and job.continuable() and not thinks(job, advert)
-        return Handoff(continuable=continuable, num_predict=bound(job.options.num_predict))
+        return Handoff(
+            continuable=continuable, num_predict=bound(job.options.num_predict), model=job.model
+        )
 
     async def run(
         self, job: GenerateJob, attempt: int, handoff: Handoff | None = None, cause: str = "crash"

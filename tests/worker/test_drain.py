@@ -146,6 +146,32 @@ async def test_a_stream_that_cannot_move_finishes_where_it_runs(
     assert not any(line.get("event") == "job_given_back" for line in process_log(child))
 
 
+async def test_a_lone_worker_keeps_a_stream_that_ends_within_the_grace(
+    api: ApiFactory, herd_process: ProcessFactory, redis: Redis, redis_url: str
+) -> None:
+    """No other worker can serve the model: handed back, the stream could only wait for
+    the grace to run out and fail; it finishes where it runs."""
+    client = await api()
+    env = worker_env(redis_url, "l0", fake_token_delay_s=DELAY_S, shutdown_grace_s=10)
+    child = herd_process("worker", **env)
+    await until(lambda: _ready(redis, "l0"), timeout_s=30)
+    chunks: list[dict[str, Any]] = []
+    async with client.stream("POST", "/api/generate", json=BODY, timeout=60) as response:
+        async for line in response.aiter_lines():
+            if line:
+                chunks.append(orjson.loads(line))
+                if len(chunks) == 10:  # about 5.6 s left: more than half the grace
+                    child.send_signal(signal.SIGTERM)
+    assert not any("error" in chunk for chunk in chunks), chunks[-1]
+    assert "".join(chunk["response"] for chunk in chunks) == "".join(
+        f"{i} " for i in range(N_TOKENS)
+    )
+    assert chunks[-1]["done"] is True
+    await asyncio.to_thread(child.wait, 20)
+    assert child.returncode == 0
+    assert not any(line.get("event") == "job_given_back" for line in process_log(child))
+
+
 def _running(*, continuable: bool, num_predict: int | None, tokens: int, pace_s: float) -> Any:
     handoff = drain.Handoff(continuable=continuable, num_predict=num_predict)
     handoff.started, handoff.chunks, handoff.tokens = True, tokens, tokens
@@ -166,6 +192,10 @@ def test_the_rule_moves_what_would_not_finish_in_half_the_grace() -> None:
     # a stream whose sampler keeps state stays, once its client has tokens
     assert not drain.goes_now(
         _running(continuable=False, num_predict=None, tokens=3, pace_s=0.05), 6
+    )
+    # with no other worker to take it, a stream stays once its client has tokens
+    assert not drain.goes_now(
+        _running(continuable=True, num_predict=200, tokens=100, pace_s=0.05), 6, taker=False
     )
     # before its first chunk anything moves: another worker starts it afresh
     fresh = drain.Handoff(continuable=False, num_predict=None)
