@@ -97,8 +97,14 @@ class Worker:
         #: Jobs claimed per model and not finished yet.
         self._inflight: dict[str, int] = {}
         self._capacity = asyncio.Event()
-        #: Stream entries this process is running (others pending under its id are orphans).
-        self._running: set[str] = set()
+        #: Stream entries this process is running, and their streams (others pending under
+        #: its id are orphans).
+        self._running: dict[str, str] = {}
+        #: Running entries another worker took over while this one was silent past its
+        #: advert's TTL (stopped, never acknowledged here: they are the other's now).
+        self._taken_over: set[str] = set()
+        #: When the last heartbeat reached Redis (monotonic).
+        self._beaten_at = time.monotonic()
         #: What the drain knows of each running job, by stream entry.
         self._handoffs: dict[str, drain.Handoff] = {}
         #: Entries the drain gave back (stream, new id): the advert stands until others
@@ -420,9 +426,9 @@ class Worker:
         self._inflight[model] = self._inflight.get(model, 0) + 1
         task = asyncio.create_task(self._handle(stream, entry_id, fields, attempt))
         self._tasks.add(task)
-        self._running.add(entry_id)
+        self._running[entry_id] = stream
         task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(lambda _: self._running.discard(entry_id))
+        task.add_done_callback(lambda _: self._running.pop(entry_id, None))
         task.add_done_callback(lambda _: self._finished(model))
 
     def _finished(self, model: str) -> None:
@@ -459,7 +465,9 @@ class Worker:
         finally:
             self._handoffs.pop(entry_id, None)
             with contextlib.suppress(RedisError, OSError):
-                if handoff is not None and handoff.handed_off:
+                if entry_id in self._taken_over:
+                    self._taken_over.discard(entry_id)
+                elif handoff is not None and handoff.handed_off:
                     await self._give_back(stream, entry_id, fields, attempt)
                 else:
                     await self._client.xack(stream, keys.JOB_GROUP, entry_id)
@@ -519,8 +527,26 @@ class Worker:
                 await self.store.rescan()
                 await self.store.find_fetchable()
                 await self._beat()
+                silent_s, self._beaten_at = time.monotonic() - self._beaten_at, time.monotonic()
+                if silent_s > self.settings.heartbeat_ttl_s:
+                    await self._stop_taken_over(silent_s)
             except (RedisError, OSError) as exc:
                 log.warning("heartbeat_failed", error=str(exc))
+
+    async def _stop_taken_over(self, silent_s: float) -> None:
+        """This worker was silent past its advert's TTL (stopped, starved, cut off): other
+        workers may have taken over its jobs (``_reclaim``). Each one they did stops here,
+        unacknowledged, rather than run a second time for nobody."""
+        for entry_id, stream in list(self._running.items()):
+            owned = await self._client.xpending_range(stream, keys.JOB_GROUP, entry_id, entry_id, 1)
+            if owned and owned[0]["consumer"].decode() == self.id:
+                continue
+            handoff = self._handoffs.get(entry_id)
+            if handoff is not None and handoff.task is not None:
+                log.warning("job_taken_over", entry_id=entry_id, silent_s=round(silent_s, 1))
+                self._taken_over.add(entry_id)
+                handoff.taken_over = True
+                handoff.task.cancel()
 
     async def store_changed(self) -> None:
         """This process wrote the store (a pull): serve and advertise it now (``StoreServing``)."""

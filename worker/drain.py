@@ -63,6 +63,9 @@ class Handoff:
     requested: bool = False
     #: True once the job stopped to go back (the worker then re-queues it).
     handed_off: bool = False
+    #: Another worker took the job over while this one was silent: it stops, publishing
+    #: nothing (its client follows the other's attempt now).
+    taken_over: bool = False
 
     def generated(self, count: int) -> None:
         """``count`` tokens came out of the engine."""

@@ -139,6 +139,9 @@ class JobRunner:
             outcome = exc.error_type.value
             await publisher.error(exc.error_type, exc.message)
         except asyncio.CancelledError:
+            if handoff.taken_over:
+                outcome = "taken_over"
+                raise
             if handoff.requested and handoff.can_go():
                 # the grace ran out before its next output (a long prefill, a slow token):
                 # it still goes back, nothing reached the client past its progress record

@@ -4,6 +4,7 @@ client sees one answer."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import signal
 import time
@@ -14,9 +15,9 @@ import orjson
 from redis.asyncio import Redis
 
 from shared import keys
-from tests.conftest import ApiFactory, ProcessFactory, worker_env
+from tests.conftest import ApiFactory, ProcessFactory, process_log, worker_env
 from tests.polling import until
-from worker.fake_engine import REPLY
+from worker.fake_engine import COUNT_MARKER, REPLY
 
 MODEL = "gemma3:270m"
 
@@ -93,3 +94,46 @@ async def test_a_stream_that_cannot_continue_still_ends_with_one_error(
     body = {"model": MODEL, "prompt": "hi", "logprobs": True}
     chunks, _ = await _stream(client, body, kill)
     assert "error" in chunks[-1] and not any(chunk.get("done") for chunk in chunks)
+
+
+async def test_a_stopped_worker_resumed_after_its_job_moved_stops_that_job(
+    api: ApiFactory, herd_process: ProcessFactory, redis: Redis, redis_url: str
+) -> None:
+    """SIGSTOP past the advert's TTL: another worker goes on with the stream. At SIGCONT
+    the first one finds the job is no longer its own and stops it, publishing nothing,
+    rather than generate it a second time for nobody."""
+    client = await api()
+    ids = ["s0", "s1"]
+    children = {
+        w: herd_process("worker", **worker_env(redis_url, w, fake_token_delay_s=0.1)) for w in ids
+    }
+
+    async def both_up() -> bool:
+        return all([await redis.exists(keys.worker_key(w)) for w in ids])
+
+    await until(both_up, timeout_s=30)
+    stopped: list[Any] = []
+
+    async def stop() -> None:
+        child = children[await _owner(redis)]
+        child.send_signal(signal.SIGSTOP)
+        stopped.append(child)
+
+    body = {
+        "model": MODEL,
+        "prompt": f"{COUNT_MARKER} count",
+        "think": False,
+        "options": {"temperature": 0, "num_predict": 80},
+    }
+    streaming = asyncio.create_task(_stream(client, body, stop))
+    await until(lambda: bool(stopped), timeout_s=10)
+    await asyncio.sleep(3.0)  # past the TTL: the other worker has taken the job over
+    stopped[0].send_signal(signal.SIGCONT)
+    chunks, _ = await streaming
+    assert not any("error" in chunk for chunk in chunks), chunks[-1]
+    assert "".join(chunk["response"] for chunk in chunks) == "".join(f"{i} " for i in range(80))
+    assert chunks[-1]["done"] is True
+    lines = process_log(stopped[0])
+    assert any(line.get("event") == "job_taken_over" for line in lines)
+    finished = [line for line in lines if line.get("event") == "job_finished"]
+    assert [line["outcome"] for line in finished] == ["taken_over"]
