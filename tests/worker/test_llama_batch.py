@@ -191,6 +191,26 @@ async def test_a_long_prompt_does_not_stall_running_streams(
     assert during >= chunks - 2
 
 
+async def test_a_short_prompt_beside_a_long_one_waits_a_piece_not_the_whole_prompt(
+    engine: LlamaEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pieces of one size share a step, so one of two prompts being read waits: the one
+    with less left goes first (a new chat turn is not held up by another's long document)."""
+    monkeypatch.setattr(batch, "PREFILL_BUDGET", 16)
+    running = engine.generate(job("1 1 1", options=greedy(400)))  # decoding: pieces of 16
+    assert isinstance(await anext(running), Piece)
+    long_prompt = " ".join(["o e a the"] * 60)  # no slot has any of it cached
+    long = asyncio.create_task(run(engine, job(long_prompt, options=greedy(1))))
+    for _ in range(3):  # the long prompt is being read
+        assert isinstance(await anext(running), Piece)
+    _, short = await run(engine, job("the a", options=greedy(1)))
+    assert not long.done()  # the short one did not wait for the long one's whole prompt
+    assert short.n_decoded == 1
+    _, finish = await long
+    assert finish.n_prompt_tokens > 16 * 8
+    await running.aclose()  # type: ignore[attr-defined]
+
+
 async def test_memory_follows_the_books_after_reuse(engine: LlamaEngine) -> None:
     await run(engine, job(PROMPTS[0] + " e e e", options=greedy(8)))
     runtime = scheduler(engine).runtime

@@ -16,7 +16,11 @@ Each step:
    ``n_batch`` tokens (``PREFILL_BUDGET`` while others decode): a long prompt never
    stalls running streams for more than one piece. Pieces are sized so that the logits
    never depend on how a prompt was split (``MIN_PIECE``): with a seed, an answer is the
-   same whether its prompt was cached, and whatever ran beside it.
+   same whether its prompt was cached, and whatever ran beside it. Of the sequences
+   reading, the one with the least left goes first (pieces of one size only share a
+   step): a short prompt admitted beside a long one waits one piece, not the whole long
+   prompt; a long one passed over gains ``n_batch`` tokens of precedence per step it waits,
+   so short prompts arriving without end never starve it.
 
 A sequence whose reader lags (``outbox.HANDOFF_LIMIT`` items unread) sits out steps until it
 catches up: the thread never blocks on one client. A failure of one sequence ends that
@@ -76,6 +80,8 @@ class _Generation:
     batched: bool = False
     #: Whether it holds one unit of its outbox's space for this step's output.
     reserved: bool = False
+    #: Prefill steps that passed it over (its precedence grows with each).
+    passed_over: int = 0
 
 
 @dataclass(eq=False)
@@ -293,10 +299,14 @@ class Scheduler:
         runtime = self.runtime
         runtime.clear_batch()
         size = 0
-        for gen in [g for g in self._running if g.prefill]:
+        reading = [g for g in self._running if g.prefill]
+        reading.sort(key=lambda g: len(g.prefill) - g.passed_over * runtime.n_batch)
+        for gen in reading:
             share = piece_size(len(gen.prefill), budget)
             if size and (share != size or share > budget):
+                gen.passed_over += 1
                 continue
+            gen.passed_over = 0
             size = share
             slot = gen.slot
             assert slot is not None
