@@ -120,6 +120,9 @@ class Settings(BaseSettings):
         description="FakeEngine: models it serves, each `name` or `name=4GiB` (its memory).",
     )
     fake_load_delay_s: float = Field(0.0, ge=0, description="FakeEngine: time a load takes.")
+    fake_prefill_delay_s: float = Field(
+        0.0, ge=0, description="FakeEngine: pause before an answer's first piece (a long prompt)."
+    )
     fake_memory: ByteSize | None = Field(
         None, description="FakeEngine: the size of the one device it advertises (e.g. 10GiB)."
     )

@@ -545,7 +545,7 @@ class Worker:
             if handoff is not None and handoff.task is not None:
                 log.warning("job_taken_over", entry_id=entry_id, silent_s=round(silent_s, 1))
                 self._taken_over.add(entry_id)
-                handoff.taken_over = True
+                handoff.stopped = "taken_over"
                 handoff.task.cancel()
 
     async def store_changed(self) -> None:

@@ -63,9 +63,10 @@ class Handoff:
     requested: bool = False
     #: True once the job stopped to go back (the worker then re-queues it).
     handed_off: bool = False
-    #: Another worker took the job over while this one was silent: it stops, publishing
-    #: nothing (its client follows the other's attempt now).
-    taken_over: bool = False
+    #: Why the job's task was cancelled, when not by a drain or a shutdown: another
+    #: worker took it over while this one was silent ("taken_over"), or its client left
+    #: before its first chunk ("cancelled"). It stops publishing nothing: nobody needs it.
+    stopped: str | None = None
 
     def generated(self, count: int) -> None:
         """``count`` tokens came out of the engine."""

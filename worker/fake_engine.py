@@ -3,9 +3,10 @@
 It reads no model file and implements the whole ``Engine`` protocol deterministically:
 
 - The answer is the words of ``REPLY`` (a multi-byte character among them) at
-  ``token_delay_s`` per piece, ``num_predict`` pieces of it if given ("length"), else all
-  ("stop"). A prompt containing ``FAIL_MARKER`` fails after two pieces, to test errors in
-  the middle of a stream; one containing ``CRASH_MARKER`` kills the worker's process
+  ``token_delay_s`` per piece (after ``prefill_delay_s``, as a long prompt being read),
+  ``num_predict`` pieces of it if given ("length"), else all ("stop"). A prompt
+  containing ``FAIL_MARKER`` fails after two pieces, to test errors in the middle of a
+  stream; one containing ``CRASH_MARKER`` kills the worker's process
   (SIGKILL) before its first piece, to test poison jobs. One containing ``COUNT_MARKER``
   answers ``"0 1 2 ..."``, ``num_predict`` numbers (``COUNT_DEFAULT`` without it): a long
   answer whose every piece is known, to check that none is lost or repeated.
@@ -84,6 +85,7 @@ class FakeEngine:
         *,
         capabilities: Sequence[str] = DEFAULT_CAPABILITIES,
         load_delay_s: float = 0.0,
+        prefill_delay_s: float = 0.0,
         preload: bool = True,
         slots: int | None = None,
         specs: Sequence[ModelSpec] = (),
@@ -96,6 +98,7 @@ class FakeEngine:
         self._models = [_advert(m, size, self._capabilities) for m, size in self._sizes.items()]
         self._delay = token_delay_s
         self._load_delay = load_delay_s
+        self._prefill_delay = prefill_delay_s
         self._preload = preload
         self._loaded: dict[str, LoadOptions] = {}
         self._slots = slots or AUTO_SLOTS
@@ -211,6 +214,8 @@ class FakeEngine:
         if CRASH_MARKER in prompt:
             os.kill(os.getpid(), signal.SIGKILL)  # as a segfault in llama.cpp would
         skip = len(job.resume or [])  # a continuation: those pieces were sent already
+        if self._prefill_delay:
+            await asyncio.sleep(self._prefill_delay)  # as a long prompt being read
         for index, text in enumerate(pieces):
             if index < skip:
                 continue

@@ -52,6 +52,8 @@ log = structlog.get_logger()
 
 #: Pauses between announcing a job's start again when nobody listened (see the module).
 ANNOUNCE_RETRIES_S = (0.25, 0.5, 1.0, 2.0)
+#: How often a job that has sent no chunk yet looks whether its client left.
+LEFT_POLL_S = 1.0
 #: How long a job that lost Redis mid-answer keeps trying to publish its error event.
 OWED_ERROR_S = 600.0
 LOST_REDIS = "lost the connection to Redis mid-answer"
@@ -119,13 +121,17 @@ class JobRunner:
                     return
                 handoff.started = True
                 outcome = "cancelled"
-                if job.kind == "load":
-                    await publisher.loaded()
-                    outcome = "load"
-                elif job.kind == "embed":
-                    outcome = await self._embed(job, publisher)
-                else:
-                    outcome = await self._generate(job, publisher, advert, handoff)
+                watch = asyncio.create_task(self._until_left(job, handoff))
+                try:
+                    if job.kind == "load":
+                        await publisher.loaded()
+                        outcome = "load"
+                    elif job.kind == "embed":
+                        outcome = await self._embed(job, publisher)
+                    else:
+                        outcome = await self._generate(job, publisher, advert, handoff)
+                finally:
+                    watch.cancel()
         except HandedOff:
             outcome = "handed_off"
             handoff.handed_off = True
@@ -139,8 +145,8 @@ class JobRunner:
             outcome = exc.error_type.value
             await publisher.error(exc.error_type, exc.message)
         except asyncio.CancelledError:
-            if handoff.taken_over:
-                outcome = "taken_over"
+            if handoff.stopped is not None:
+                outcome = handoff.stopped
                 raise
             if handoff.requested and handoff.can_go():
                 # the grace ran out before its next output (a long prefill, a slow token):
@@ -181,6 +187,20 @@ class JobRunner:
                 return False
             await asyncio.sleep(pause)
         return False
+
+    async def _until_left(self, job: GenerateJob, handoff: Handoff) -> None:
+        """Stop the job if its client leaves before its first chunk (a long prompt being
+        read publishes nothing, and a PUBLISH nobody hears is what stops it later on)."""
+        key = keys.cancel_key(job.request_id)
+        while handoff.chunks == 0:
+            await asyncio.sleep(LEFT_POLL_S)
+            with contextlib.suppress(RedisError, OSError):
+                if handoff.chunks == 0 and await self._client.exists(key):
+                    log.info("job_client_left")
+                    handoff.stopped = "cancelled"
+                    if handoff.task is not None:
+                        handoff.task.cancel()
+                    return
 
     async def _resumed(self, job: GenerateJob, cause: str) -> GenerateJob:
         """``job`` going on from the answer tokens an earlier attempt recorded, if any."""

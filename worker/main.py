@@ -30,6 +30,7 @@ def build_engine(settings: Settings, devices: Devices) -> Engine:
             settings.fake_token_delay_s,
             capabilities=settings.fake_capabilities,
             load_delay_s=settings.fake_load_delay_s,
+            prefill_delay_s=settings.fake_prefill_delay_s,
             slots=settings.slots,
             specs=served_files(settings),
         )

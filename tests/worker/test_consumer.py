@@ -91,6 +91,19 @@ async def test_a_queued_job_whose_client_left_never_runs(
     assert len(_seen(busy.engine)) == 1
 
 
+async def test_a_client_that_leaves_while_its_prompt_is_read_stops_its_job(
+    api: ApiFactory, worker: WorkerFactory
+) -> None:
+    """A long prompt being read publishes nothing, so no PUBLISH nobody hears can stop
+    it: the job looks for its client's cancel mark meanwhile."""
+    client = await api()
+    busy = await worker(fake_prefill_delay_s=30)
+    with contextlib.suppress(httpx.ReadTimeout):
+        await client.post("/api/chat", json=CHAT, timeout=1.0)  # gone while it is read
+    assert busy.active_jobs == 1
+    await until(lambda: busy.active_jobs == 0, timeout_s=5, message="read on for nobody")
+
+
 async def test_full_queue_answers_503(api: ApiFactory, worker: WorkerFactory, redis: Redis) -> None:
     client = await api(max_queue=1)
     busy = await worker(num_parallel=1, fake_token_delay_s=0.05)
