@@ -137,7 +137,7 @@ class JobRunner:
             handoff.handed_off = True
         except (RedisError, OSError) as exc:
             if not handoff.started:
-                raise  # nothing sent: the entry stays pending for a reclaim
+                raise  # nobody heard of it yet: the relay waits for its queue deadline
             outcome = "lost_redis"
             log.warning("job_lost_redis", error=str(exc))
             await _owe_error(publisher)
