@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import httpx
@@ -27,6 +28,11 @@ from shared.settings import Settings
 
 log = structlog.get_logger()
 
+#: `herd serve` starts a worker that died again after this pause, unless it did so this
+#: many times within the window: then something kills it at every start, and serve stops.
+RESTART_PAUSE_S = 1.0
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 600.0
 #: `herd serve`'s model store when HERD_MODELS_DIR is not set (Ollama's layout).
 DEFAULT_STORE = Path("~/.herd/models")
 
@@ -77,11 +83,19 @@ def _serve(settings: Settings) -> int:
         if _until_ready(children[0], ready, stop) and not stop.is_set():
             children.append(_child("api", env))
             log.info("herd_serving", url=settings.host.url)
+            restarts: deque[float] = deque(maxlen=MAX_RESTARTS)
             while not stop.is_set() and children[1].poll() is None:
                 if children[0].poll() is not None:
-                    # its streams have ended with an error line; queued jobs wait for the
-                    # new one (Redis keeps them)
+                    # its streams end with an error line once its advert expires; queued
+                    # jobs wait for the new one (Redis keeps them)
+                    now = time.monotonic()
+                    if len(restarts) == MAX_RESTARTS and now - restarts[0] < RESTART_WINDOW_S:
+                        log.error("worker_keeps_dying", restarts=MAX_RESTARTS)
+                        break
+                    restarts.append(now)
                     log.warning("worker_died_restarting", code=children[0].returncode)
+                    if stop.wait(RESTART_PAUSE_S):
+                        break
                     children[0] = _child("worker", env)
                     if not _until_ready(children[0], ready, stop):
                         break

@@ -75,6 +75,8 @@ log = structlog.get_logger()
 
 #: An entry of a dead worker is reclaimed once it is this idle (two janitors can't both win).
 RECLAIM_MIN_IDLE_MS = 1000
+#: Heartbeats after a silence past the TTL that look for running jobs taken over.
+TAKEN_OVER_CHECKS = 3
 
 #: A pending job to take over: stream, entry id, fields, attempt.
 Orphan = tuple[str, str, dict[bytes, bytes], int]
@@ -103,8 +105,10 @@ class Worker:
         #: Running entries another worker took over while this one was silent past its
         #: advert's TTL (stopped, never acknowledged here: they are the other's now).
         self._taken_over: set[str] = set()
-        #: When the last heartbeat reached Redis (monotonic).
+        #: When the last heartbeat reached Redis (monotonic), and how many more beats look
+        #: for jobs taken over since the last silence past the TTL.
         self._beaten_at = time.monotonic()
+        self._recheck = 0
         #: What the drain knows of each running job, by stream entry.
         self._handoffs: dict[str, drain.Handoff] = {}
         #: Entries the drain gave back (stream, new id): the advert stands until others
@@ -464,14 +468,28 @@ class Worker:
                     log.warning("job_lost_redis", error=str(exc))
         finally:
             self._handoffs.pop(entry_id, None)
-            with contextlib.suppress(RedisError, OSError):
-                if entry_id in self._taken_over:
-                    self._taken_over.discard(entry_id)
-                elif handoff is not None and handoff.handed_off:
-                    await self._give_back(stream, entry_id, fields, attempt)
-                else:
-                    await self._client.xack(stream, keys.JOB_GROUP, entry_id)
-                    await self._client.xdel(stream, entry_id)
+            # shielded: a second cancel (the drain's, after the job's own) must not leave
+            # the entry pending, to run again as an orphan
+            await asyncio.shield(self._settle(stream, entry_id, fields, attempt, handoff))
+
+    async def _settle(
+        self,
+        stream: str,
+        entry_id: str,
+        fields: dict[bytes, bytes],
+        attempt: int,
+        handoff: drain.Handoff | None,
+    ) -> None:
+        """The entry of a job that ended here: acknowledged and deleted, re-queued (given
+        back), or left to the worker that took it over."""
+        with contextlib.suppress(RedisError, OSError):
+            if entry_id in self._taken_over:
+                self._taken_over.discard(entry_id)
+            elif handoff is not None and handoff.handed_off:
+                await self._give_back(stream, entry_id, fields, attempt)
+            else:
+                await self._client.xack(stream, keys.JOB_GROUP, entry_id)
+                await self._client.xdel(stream, entry_id)
 
     async def _give_back(
         self, stream: str, entry_id: str, fields: dict[bytes, bytes], attempt: int
@@ -529,14 +547,18 @@ class Worker:
                 await self._beat()
                 silent_s, self._beaten_at = time.monotonic() - self._beaten_at, time.monotonic()
                 if silent_s > self.settings.heartbeat_ttl_s:
+                    self._recheck = TAKEN_OVER_CHECKS  # a reclaim may land a moment later
+                if self._recheck:
                     await self._stop_taken_over(silent_s)
+                    self._recheck -= 1
             except (RedisError, OSError) as exc:
                 log.warning("heartbeat_failed", error=str(exc))
 
     async def _stop_taken_over(self, silent_s: float) -> None:
         """This worker was silent past its advert's TTL (stopped, starved, cut off): other
-        workers may have taken over its jobs (``_reclaim``). Each one they did stops here,
-        unacknowledged, rather than run a second time for nobody."""
+        workers may have taken over its jobs (``_reclaim``; one that found the advert gone
+        just before this beat claims a moment after it, hence ``TAKEN_OVER_CHECKS`` beats).
+        Each one they did stops here, unacknowledged, rather than run twice."""
         for entry_id, stream in list(self._running.items()):
             owned = await self._client.xpending_range(stream, keys.JOB_GROUP, entry_id, entry_id, 1)
             if owned and owned[0]["consumer"].decode() == self.id:

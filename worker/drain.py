@@ -52,7 +52,7 @@ class Handoff:
     continuable: bool
     #: The most tokens the answer may have (None: no bound, as Ollama's -1 and -2).
     num_predict: int | None
-    model: str = ""
+    model: str
     #: The job's task: cancelled when it goes back before starting.
     task: asyncio.Task[None] | None = None
     started: bool = False

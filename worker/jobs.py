@@ -35,7 +35,9 @@ import structlog
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
 from shared.errors import EngineFailure, ErrorType, HerdError
@@ -135,7 +137,7 @@ class JobRunner:
         except HandedOff:
             outcome = "handed_off"
             handoff.handed_off = True
-        except (RedisError, OSError) as exc:
+        except (RedisConnectionError, RedisTimeoutError) as exc:
             if not handoff.started:
                 raise  # nobody heard of it yet: the relay waits for its queue deadline
             outcome = "lost_redis"
@@ -278,12 +280,16 @@ async def _send(publisher: Publisher, chunk: Chunk, tokens: list[int] | tuple[()
 
 async def _owe_error(publisher: Publisher) -> None:
     """Publish the job's error event once Redis answers again (the relay then sees it, or
-    a gap in the numbering: one error line either way)."""
-    retry = Retry(ExponentialBackoff(cap=10.0, base=0.5), retries=-1)
+    a gap in the numbering: one error line either way). Its progress record stays: another
+    worker may have taken the job over meanwhile and be writing it (the relay ignores this
+    attempt's event then)."""
+    retry = Retry(
+        ExponentialBackoff(cap=10.0, base=0.5), retries=-1, supported_errors=(RedisError,)
+    )
     try:
         async with asyncio.timeout(OWED_ERROR_S):
             await retry.call_with_retry(
-                lambda: publisher.error(ErrorType.UNAVAILABLE, LOST_REDIS), _ignore
+                lambda: publisher.error(ErrorType.UNAVAILABLE, LOST_REDIS, clear=False), _ignore
             )
     except TimeoutError:
         log.error("job_error_unpublished", seconds=OWED_ERROR_S)

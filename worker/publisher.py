@@ -239,7 +239,9 @@ class Publisher:
             self._clear(),
         )
 
-    async def error(self, error_type: ErrorType, message: str) -> None:
+    async def error(self, error_type: ErrorType, message: str, *, clear: bool = True) -> None:
+        """``clear``: the answer's progress record goes too (not when another worker may
+        have taken the job over and write it now)."""
         await self._publish(
             ErrorEvent(
                 request_id=self.request_id,
@@ -248,7 +250,7 @@ class Publisher:
                 error_type=error_type,
                 message=message,
             ),
-            self._clear(),
+            self._clear() if clear else None,
         )
 
     def _clear(self) -> _Record | None:

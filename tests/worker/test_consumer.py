@@ -98,9 +98,11 @@ async def test_a_client_that_leaves_while_its_prompt_is_read_stops_its_job(
     it: the job looks for its client's cancel mark meanwhile."""
     client = await api()
     busy = await worker(fake_prefill_delay_s=30)
-    with contextlib.suppress(httpx.ReadTimeout):
-        await client.post("/api/chat", json=CHAT, timeout=1.0)  # gone while it is read
-    assert busy.active_jobs == 1
+    asking = asyncio.create_task(client.post("/api/chat", json=CHAT, timeout=60))
+    await until(lambda: busy.active_jobs == 1, timeout_s=10, message="never claimed")
+    asking.cancel()  # the client goes while its prompt is read
+    with contextlib.suppress(asyncio.CancelledError):
+        await asking
     await until(lambda: busy.active_jobs == 0, timeout_s=5, message="read on for nobody")
 
 

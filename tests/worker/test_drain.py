@@ -173,7 +173,7 @@ async def test_a_lone_worker_keeps_a_stream_that_ends_within_the_grace(
 
 
 def _running(*, continuable: bool, num_predict: int | None, tokens: int, pace_s: float) -> Any:
-    handoff = drain.Handoff(continuable=continuable, num_predict=num_predict)
+    handoff = drain.Handoff(continuable=continuable, num_predict=num_predict, model="m")
     handoff.started, handoff.chunks, handoff.tokens = True, tokens, tokens
     handoff.first_token_at, handoff.last_token_at = 100.0, 100.0 + pace_s * (tokens - 1)
     return handoff
@@ -198,5 +198,5 @@ def test_the_rule_moves_what_would_not_finish_in_half_the_grace() -> None:
         _running(continuable=True, num_predict=200, tokens=100, pace_s=0.05), 6, taker=False
     )
     # before its first chunk anything moves: another worker starts it afresh
-    fresh = drain.Handoff(continuable=False, num_predict=None)
+    fresh = drain.Handoff(continuable=False, num_predict=None, model="m")
     assert drain.goes_now(fresh, 6)

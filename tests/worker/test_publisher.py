@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 import worker.publisher as publisher_module
 from shared import keys
+from shared.errors import ErrorType
 from tests.polling import until
 from worker.engine import Finish
 from worker.publisher import Batcher, Publisher, unpack
@@ -65,6 +66,9 @@ async def test_a_progress_record_gets_its_expiry_first_and_again_only_after_the_
     publisher._renew_at = 0.0  # the renewal is due
     await publisher.token("c", tokens=[3])
     assert 0 < await redis.ttl(key) <= keys.CANCEL_TTL_S
+    assert unpack(await redis.get(key)) == [1, 2, 3]
+    # an error owed since Redis came back keeps it: another worker may be writing it now
+    await publisher.error(ErrorType.UNAVAILABLE, "lost", clear=False)
     assert unpack(await redis.get(key)) == [1, 2, 3]
     await publisher.done(
         Finish("stop", n_prompt_tokens=1, n_decoded=3, prompt_eval_ns=0, eval_ns=0)
