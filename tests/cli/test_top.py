@@ -113,7 +113,16 @@ async def test_the_command_line_once_and_live(api: ApiFactory, worker: WorkerFac
     assert _row(out.decode(), "w-b")[0] == "w-b"
     # live: redrawn until interrupted; the last view stays on the screen
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli", "top", env=env, stdout=asyncio.subprocess.PIPE
+        sys.executable,
+        "-m",
+        "cli",
+        "top",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        # as from a terminal: a test run started in the background (`make test &`) ignores
+        # SIGINT, its children inherit that, and Python then never turns Ctrl-C into
+        # KeyboardInterrupt (the view would never stop)
+        preexec_fn=_interruptible,
     )
     assert process.stdout is not None
     await asyncio.sleep(2.5)
@@ -124,3 +133,7 @@ async def test_the_command_line_once_and_live(api: ApiFactory, worker: WorkerFac
     assert process.returncode == 130
     assert _row(out.decode(), "w-c")[0] == "w-c"
     await until(lambda: process.returncode is not None)
+
+
+def _interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
