@@ -57,7 +57,6 @@ from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
 from shared.messages import DeviceInfo, GenerateJob
-from shared.queues import live_workers
 from shared.settings import Settings
 from worker import control, drain, poison
 from worker.devices import Devices
@@ -268,7 +267,9 @@ class Worker:
         await asyncio.wait({claim}, timeout=keys.BLOCK_MS / 1000 + 1)
         with contextlib.suppress(RedisError, OSError):
             await self._beat()  # ready: false, before any job goes back
-        await self._drain()
+        await drain.Drain(
+            self._client, self.id, self.settings.shutdown_grace_s, self._models_by_stream.values()
+        ).run(self._tasks, self._handoffs, self._given_back)
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
@@ -288,65 +289,6 @@ class Worker:
         for stream in [*self.streams, self._own_stream]:
             with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
                 await self._client.xgroup_create(stream, keys.JOB_GROUP, id="0", mkstream=True)
-
-    async def _drain(self) -> None:
-        """Give back what can go (``worker.drain``'s rule), wait out the grace for the
-        rest, then end what is left with an error event."""
-        if not self._tasks:
-            return
-        grace = self.settings.shutdown_grace_s
-        end = time.monotonic() + grace
-        served = await self._served_elsewhere()
-        now = [h for h in self._handoffs.values() if drain.goes_now(h, grace, h.model in served)]
-        for handoff in now:
-            handoff.request()
-        log.info("worker_draining", jobs=len(self._tasks), handed_back=len(now), grace_s=grace)
-        _, pending = await asyncio.wait(self._tasks, timeout=grace / 2)
-        served = await self._served_elsewhere()
-        for handoff in self._handoffs.values():
-            if not handoff.requested and handoff.can_go(handoff.model in served):
-                handoff.request()
-        if pending:
-            _, pending = await asyncio.wait(pending, timeout=max(0.0, end - time.monotonic()))
-        # a job on its way back stops at its next output: give it a moment, not a cancel
-        # mid-publish (a chunk published after the re-queue would not be in its progress)
-        if any(h.requested and h.task in pending for h in self._handoffs.values()):
-            _, pending = await asyncio.wait(pending, timeout=drain.SETTLE_S)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        await self._until_taken(max(end, time.monotonic() + drain.SETTLE_S))
-
-    async def _served_elsewhere(self) -> set[str]:
-        """The models another live, ready worker can serve (every model this one has, if
-        Redis cannot say: a stream then goes back as it would with a taker)."""
-        try:
-            adverts = await live_workers(self._client)
-        except (RedisError, OSError):
-            return set(self._models_by_stream.values())
-        others = [a for a in adverts if a.ready and a.worker_id != self.id]
-        return {m.name for a in others for m in a.models}
-
-    async def _until_taken(self, deadline: float) -> None:
-        """Wait (until ``deadline``, monotonic) for other workers to claim what this one gave
-        back: while its advert stands, the API waits for their attempt rather than calling
-        the worker lost, even for a model no other worker had loaded yet."""
-        waiting = list(self._given_back)
-        while waiting and time.monotonic() < deadline:
-            still: list[tuple[str, str]] = []
-            for stream, entry_id in waiting:
-                with contextlib.suppress(RedisError, OSError):
-                    owned = await self._client.xpending_range(
-                        stream, keys.JOB_GROUP, entry_id, entry_id, 1
-                    )
-                    if owned or not await self._client.xrange(stream, entry_id, entry_id):
-                        continue  # claimed, or done already
-                still.append((stream, entry_id))
-            waiting = still
-            if waiting:
-                await asyncio.sleep(drain.TAKEN_POLL_S)
-        if waiting:
-            log.warning("drain_not_taken", entries=len(waiting))
 
     async def _claim_loop(self) -> None:
         models = self._models_by_stream

@@ -31,8 +31,19 @@ reads exactly what the client received.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared import keys
+from shared.queues import live_workers
+
+log = structlog.get_logger()
 
 #: A job re-queued by a drain carries this in its stream entry: how many attempts ran.
 ATTEMPTS_FIELD = b"attempts"
@@ -105,3 +116,81 @@ def goes_now(handoff: Handoff, grace_s: float, taker: bool = True) -> bool:
     if handoff.chunks == 0:
         return True
     return handoff.can_go(taker) and not handoff.ends_within(grace_s / 2)
+
+
+class Drain:
+    """One worker's drain, from SIGTERM: ``run`` gives back what can go (the rule above),
+    waits out the grace for the rest, ends what is left (its job then publishes its error
+    event), and waits for other workers to take what went back."""
+
+    def __init__(
+        self, client: Redis, worker_id: str, grace_s: float, own_models: Collection[str]
+    ) -> None:
+        self._client = client
+        self._id = worker_id
+        self._grace = grace_s
+        self._own = own_models
+
+    async def run(
+        self,
+        tasks: set[asyncio.Task[None]],
+        handoffs: Mapping[str, Handoff],
+        given_back: Sequence[tuple[str, str]],
+    ) -> None:
+        """``handoffs`` by stream entry, and ``given_back`` (stream, new entry id), as the
+        worker keeps them while its jobs end."""
+        if not tasks:
+            return
+        grace = self._grace
+        end = time.monotonic() + grace
+        served = await self._served_elsewhere()
+        now = [h for h in handoffs.values() if goes_now(h, grace, h.model in served)]
+        for handoff in now:
+            handoff.request()
+        log.info("worker_draining", jobs=len(tasks), handed_back=len(now), grace_s=grace)
+        _, pending = await asyncio.wait(tasks, timeout=grace / 2)
+        served = await self._served_elsewhere()
+        for handoff in handoffs.values():
+            if not handoff.requested and handoff.can_go(handoff.model in served):
+                handoff.request()
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=max(0.0, end - time.monotonic()))
+        # a job on its way back stops at its next output: give it a moment, not a cancel
+        # mid-publish (a chunk published after the re-queue would not be in its progress)
+        if any(h.requested and h.task in pending for h in handoffs.values()):
+            _, pending = await asyncio.wait(pending, timeout=SETTLE_S)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await self._until_taken(given_back, max(end, time.monotonic() + SETTLE_S))
+
+    async def _served_elsewhere(self) -> set[str]:
+        """The models another live, ready worker can serve (every model this one has, if
+        Redis cannot say: a stream then goes back as it would with a taker)."""
+        try:
+            adverts = await live_workers(self._client)
+        except (RedisError, OSError):
+            return set(self._own)
+        others = [a for a in adverts if a.ready and a.worker_id != self._id]
+        return {m.name for a in others for m in a.models}
+
+    async def _until_taken(self, given_back: Sequence[tuple[str, str]], deadline: float) -> None:
+        """Wait (until ``deadline``, monotonic) for other workers to claim what this one gave
+        back: while its advert stands, the API waits for their attempt rather than calling
+        the worker lost, even for a model no other worker had loaded yet."""
+        waiting = list(given_back)
+        while waiting and time.monotonic() < deadline:
+            still: list[tuple[str, str]] = []
+            for stream, entry_id in waiting:
+                with contextlib.suppress(RedisError, OSError):
+                    owned = await self._client.xpending_range(
+                        stream, keys.JOB_GROUP, entry_id, entry_id, 1
+                    )
+                    if owned or not await self._client.xrange(stream, entry_id, entry_id):
+                        continue  # claimed, or done already
+                still.append((stream, entry_id))
+            waiting = still
+            if waiting:
+                await asyncio.sleep(TAKEN_POLL_S)
+        if waiting:
+            log.warning("drain_not_taken", entries=len(waiting))
