@@ -148,17 +148,17 @@ class Drain:
         for handoff in now:
             handoff.request()
         log.info("worker_draining", jobs=len(tasks), handed_back=len(now), grace_s=grace)
-        _, pending = await asyncio.wait(tasks, timeout=grace / 2)
+        # the jobs may all end meanwhile (each await here is one): ``_unfinished`` of none
+        pending = await _unfinished(tasks, grace / 2)
         served = await self._served_elsewhere()
         for handoff in handoffs.values():
             if not handoff.requested and handoff.can_go(handoff.model in served):
                 handoff.request()
-        if pending:
-            _, pending = await asyncio.wait(pending, timeout=max(0.0, end - time.monotonic()))
+        pending = await _unfinished(pending, max(0.0, end - time.monotonic()))
         # a job on its way back stops at its next output: give it a moment, not a cancel
         # mid-publish (a chunk published after the re-queue would not be in its progress)
         if any(h.requested and h.task in pending for h in handoffs.values()):
-            _, pending = await asyncio.wait(pending, timeout=SETTLE_S)
+            pending = await _unfinished(pending, SETTLE_S)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -194,3 +194,12 @@ class Drain:
                 await asyncio.sleep(TAKEN_POLL_S)
         if waiting:
             log.warning("drain_not_taken", entries=len(waiting))
+
+
+async def _unfinished(tasks: set[asyncio.Task[None]], timeout_s: float) -> set[asyncio.Task[None]]:
+    """Those of ``tasks`` still running after up to ``timeout_s`` (``asyncio.wait`` refuses
+    an empty set)."""
+    if not tasks:
+        return set()
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    return pending

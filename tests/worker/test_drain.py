@@ -200,3 +200,16 @@ def test_the_rule_moves_what_would_not_finish_in_half_the_grace() -> None:
     # before its first chunk anything moves: another worker starts it afresh
     fresh = drain.Handoff(continuable=False, num_predict=None, model="m")
     assert drain.goes_now(fresh, 6)
+
+
+async def test_a_drain_whose_jobs_all_end_while_it_reads_the_cluster_just_ends(
+    redis: Redis,
+) -> None:
+    """Every await of the drain is a moment for the last jobs to end (a fresh-clone run
+    met it: ``asyncio.wait`` refuses an empty set)."""
+    tasks: set[asyncio.Task[None]] = set()
+    job = asyncio.create_task(asyncio.sleep(0))
+    tasks.add(job)
+    job.add_done_callback(tasks.discard)  # as the worker keeps its jobs
+    await drain.Drain(redis, "w", grace_s=2.0, own_models=[MODEL]).run(tasks, {}, [])
+    assert not tasks
