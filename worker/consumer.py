@@ -272,7 +272,10 @@ class Worker:
         ).run(self._tasks, self._handoffs, self._given_back)
         for task in background:
             task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        # as the claim above: a task in a cancelled redis-py read must not hold the exit
+        _, stuck = await asyncio.wait(background, timeout=keys.BLOCK_MS / 1000 + 1)
+        if stuck:
+            log.warning("worker_tasks_not_stopped", tasks=sorted(t.get_name() for t in stuck))
         self.ready = False
         await self.residency.close()
         with contextlib.suppress(RedisError, OSError):
