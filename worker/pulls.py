@@ -35,7 +35,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared import keys, names
+from shared import keys, names, tasks
 from shared.redis import connect
 from shared.registry.client import PullFailed, Remote, Transient, fetch_manifest, remote
 from shared.registry.download import Counter, download, partial_progress
@@ -97,9 +97,7 @@ async def pull_model(ctx: dict[str, Any], name: str, insecure: bool = False, run
     try:
         return await _run(ctx, deps, name, model, insecure, reporter)
     finally:
-        lease.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await lease
+        await tasks.stop(lease)
 
 
 async def _hold_lease(deps: Deps, job_id: str) -> None:

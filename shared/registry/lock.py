@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import keys, tasks
 
 TTL_MS = 15_000
 REFRESH_S = 5.0
@@ -46,9 +46,7 @@ class BlobLock:
         try:
             yield
         finally:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
+            await tasks.stop(refresher)
             with contextlib.suppress(Exception):  # it expires on its own anyway
                 await self._redis.eval(_RELEASE, 1, self._key, self._token)  # type: ignore[misc]
 

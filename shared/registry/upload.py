@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 import httpx
 import orjson
 
+from shared import tasks
 from shared.registry.client import Remote, read_capped
 from shared.store import Layer, Manifest, Store
 from shared.store.manifest import MANIFEST_MEDIA_TYPE
@@ -148,9 +149,7 @@ async def push_blobs(
             task.result()
         finally:  # a client that left stops the upload
             if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await tasks.stop(task)
         yield _line(layer, layer.size)
 
 

@@ -15,6 +15,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from shared import tasks
 from shared.messages import WorkerAdvert
 from shared.queues import live_workers, policies, queues
 from shared.settings import Settings
@@ -147,9 +148,7 @@ class Placer:
         except Exception:  # a model that fails to load must not stop placement
             log.exception("placement_load_failed", model=load.model)
         finally:
-            refresh.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresh
+            await tasks.stop(refresh)
             await self._tickets.extend(load.model, cooldown)
 
     async def _release_gone(self) -> None:
