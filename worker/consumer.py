@@ -101,9 +101,6 @@ class Worker:
         #: Stream entries this process is running, and their streams (others pending under
         #: its id are orphans).
         self._running: dict[str, str] = {}
-        #: Running entries another worker took over while this one was silent past its
-        #: advert's TTL (stopped, never acknowledged here: they are the other's now).
-        self._taken_over: set[str] = set()
         #: When the last heartbeat reached Redis (monotonic), and how many more beats look
         #: for jobs taken over since the last silence past the TTL.
         self._beaten_at = time.monotonic()
@@ -426,11 +423,11 @@ class Worker:
         handoff: drain.Handoff | None,
     ) -> None:
         """The entry of a job that ended here: acknowledged and deleted, re-queued (given
-        back), or left to the worker that took it over."""
+        back), or left to the worker that took it over (it is the other's now)."""
         with contextlib.suppress(RedisError, OSError):
-            if entry_id in self._taken_over:
-                self._taken_over.discard(entry_id)
-            elif handoff is not None and handoff.handed_off:
+            if handoff is not None and handoff.stopped == "taken_over":
+                return
+            if handoff is not None and handoff.handed_off:
                 await self._give_back(stream, entry_id, fields, attempt)
             else:
                 await self._client.xack(stream, keys.JOB_GROUP, entry_id)
@@ -504,14 +501,17 @@ class Worker:
         workers may have taken over its jobs (``_reclaim``; one that found the advert gone
         just before this beat claims a moment after it, hence ``TAKEN_OVER_CHECKS`` beats).
         Each one they did stops here, unacknowledged, rather than run twice."""
-        for entry_id, stream in list(self._running.items()):
-            owned = await self._client.xpending_range(stream, keys.JOB_GROUP, entry_id, entry_id, 1)
+        running = list(self._running.items())
+        async with self._client.pipeline(transaction=False) as pipe:  # one round trip
+            for entry_id, stream in running:
+                pipe.xpending_range(stream, keys.JOB_GROUP, entry_id, entry_id, 1)
+            replies = await pipe.execute()
+        for (entry_id, _), owned in zip(running, replies, strict=True):
             if owned and owned[0]["consumer"].decode() == self.id:
                 continue
             handoff = self._handoffs.get(entry_id)
             if handoff is not None and handoff.task is not None:
                 log.warning("job_taken_over", entry_id=entry_id, silent_s=round(silent_s, 1))
-                self._taken_over.add(entry_id)
                 handoff.stopped = "taken_over"
                 handoff.task.cancel()
 

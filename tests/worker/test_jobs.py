@@ -18,6 +18,7 @@ from shared.messages import (
     decode_event,
 )
 from tests.conftest import Event, WorkerFactory, make_job
+from tests.polling import until
 from tests.proxy import Proxy
 from worker.fake_engine import COUNT_MARKER
 from worker.jobs import LOST_REDIS
@@ -48,8 +49,14 @@ async def test_a_job_whose_api_listens_a_moment_late_still_runs(
     announced again rather than the job dropped."""
     await worker()
     job = make_job()
-    await redis.xadd(keys.job_stream(job.model), dict(job.to_fields()))  # type: ignore[arg-type]
-    await asyncio.sleep(0.5)  # claimed, its start announced to nobody
+    stream = keys.job_stream(job.model)
+    await redis.xadd(stream, dict(job.to_fields()))  # type: ignore[arg-type]
+
+    async def claimed() -> bool:
+        return int((await redis.xpending(stream, keys.JOB_GROUP))["pending"]) == 1
+
+    await until(claimed, message="never claimed")
+    await asyncio.sleep(0.1)  # its start announced to nobody (the next try is at 0.25 s)
     async with asyncio.timeout(10):
         events = [event async for event in _events(redis, job)]
     assert isinstance(events[0], StartedEvent) and isinstance(events[-1], DoneEvent)

@@ -156,10 +156,11 @@ class Placer:
         next scale-out see what a replica took, and a replica gone took nothing. (A failed
         load's ticket stays: a broken file is not retried at every tick.)"""
         now = time.monotonic()
+        here = {*self._residency.resident(), *self._residency.loading}
         for model, until in list(self._cooling.items()):
             if until <= now:
                 del self._cooling[model]  # expired on its own
-            elif model not in self._residency.resident() and model not in self._residency.loading:
+            elif model not in here:
                 await self._tickets.extend(model, 0)
                 del self._cooling[model]
 
